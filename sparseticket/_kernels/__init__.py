@@ -1,0 +1,1 @@
+"""Loaders for the compiled kernel backends (C++ extension, Triton); each reports why it is off."""

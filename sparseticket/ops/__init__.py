@@ -1,0 +1,26 @@
+"""The fused ops of sparseticket, each a ``torch.library`` op in the ``sparseticket`` namespace.
+
+CPU tensors run C++ kernels, CUDA tensors Triton kernels, and the plain-PyTorch reference is the
+fallback and the oracle. ``cpu_backend("triton")`` routes CPU tensors through Triton's
+interpreter (tests), ``backends()`` says what is active.
+"""
+
+from sparseticket.ops._backend import CPU_BACKENDS, backends, cpu_backend, kernels_for
+from sparseticket.ops.gemminer import gemminer_mask, gemminer_step_
+from sparseticket.ops.kth import kth_value
+from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
+from sparseticket.ops.truncate import truncate_grads_
+
+__all__ = [
+    "CPU_BACKENDS",
+    "backends",
+    "cpu_backend",
+    "gemminer_mask",
+    "gemminer_step_",
+    "kernels_for",
+    "kth_value",
+    "mask_distances",
+    "pack_mask",
+    "truncate_grads_",
+    "unpack_mask",
+]

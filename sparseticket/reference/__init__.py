@@ -1,0 +1,23 @@
+"""Plain-PyTorch reference kernels: the oracle every fused kernel is tested against, and the
+fallback when neither the C++ extension nor Triton can run.
+
+Every function here takes inputs that the op layer (``sparseticket.ops``) has already validated:
+contiguous tensors, lists of one dtype and one device. They follow the kernel contract shared
+with ``csrc/`` and ``triton_kernels/`` (see each function's docstring).
+"""
+
+from sparseticket.reference.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
+from sparseticket.reference.kth import kth_value
+from sparseticket.reference.masks import mask_distances, pack_mask, unpack_mask
+from sparseticket.reference.truncate import truncate_grads_
+
+__all__ = [
+    "gemminer_mask",
+    "gemminer_mask_backward",
+    "gemminer_step_",
+    "kth_value",
+    "mask_distances",
+    "pack_mask",
+    "truncate_grads_",
+    "unpack_mask",
+]

@@ -1,0 +1,84 @@
+"""Helpers shared by the Triton launchers: dtype mapping, alignment, multi-tensor block tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+TRITON_DTYPES = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+VECTOR_BYTES = 16
+
+
+def triton_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The Triton element type of a torch float dtype."""
+    return TRITON_DTYPES[dtype]
+
+
+def all_aligned(tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor starts on a 16-byte boundary (so full blocks may use vector loads)."""
+    return all(tensor.data_ptr() % VECTOR_BYTES == 0 for tensor in tensors)
+
+
+@dataclass
+class BlockTable:
+    """Per-tensor pointers and sizes plus the tensor each program (block) works on.
+
+    All arrays live in one int64 device buffer, copied from the host in one transfer.
+    """
+
+    pointers: list[torch.Tensor]
+    numels: torch.Tensor
+    inners: torch.Tensor
+    block_first: torch.Tensor
+    block_tensor: torch.Tensor
+    blocks: int
+
+
+def block_table(
+    pointer_lists: list[list[torch.Tensor]],
+    inners: list[int],
+    block: int,
+    device: torch.device,
+) -> BlockTable:
+    """Describe ``pointer_lists[0]`` (the tensors that set the sizes) as blocks of ``block`` elements.
+
+    ``pointer_lists`` holds parallel lists of tensors (data, keep mask, params...); an empty
+    list gives a row of zeros. ``inners[i]`` is passed through to the kernel per tensor.
+    """
+    main = pointer_lists[0]
+    count = len(main)
+    numels = [tensor.numel() for tensor in main]
+    blocks_per_tensor = [triton.cdiv(numel, block) for numel in numels]
+    block_first = [0] * count
+    running = 0
+    for index, blocks in enumerate(blocks_per_tensor):
+        block_first[index] = running
+        running += blocks
+    rows = [[tensor.data_ptr() for tensor in tensors] if tensors else [0] * count
+            for tensors in pointer_lists]
+    rows += [numels, inners, block_first]
+    host = torch.tensor([value for row in rows for value in row], dtype=torch.int64)
+    block_tensor = torch.repeat_interleave(
+        torch.arange(count, dtype=torch.int64), torch.tensor(blocks_per_tensor, dtype=torch.int64))
+    buffer = torch.cat([host, block_tensor]).to(device)
+    views = list(buffer[: len(rows) * count].view(len(rows), count).unbind(0))
+    return BlockTable(
+        pointers=views[: len(pointer_lists)],
+        numels=views[len(pointer_lists)],
+        inners=views[len(pointer_lists) + 1],
+        block_first=views[len(pointer_lists) + 2],
+        block_tensor=buffer[len(rows) * count:],
+        blocks=running,
+    )
+
+
+def aot_attrs(pointer_args: list[int]) -> dict:
+    """``ASTSource`` attrs saying that these arguments are 16-byte aligned (what the JIT infers)."""
+    return {(index,): [["tt.divisibility", 16]] for index in pointer_args}
