@@ -54,7 +54,7 @@ def truncate_grads_(
     truncation; ``l1`` adds EarlyBird's L1 subgradient (needs ``params``). Math is in fp32.
     """
     grads = check_tensor_list("grads", grads, FLOAT_DTYPES)
-    keep_list = check_tensor_list("keep", keep, (torch.bool,))
+    keep_list = check_tensor_list("keep", keep, (torch.bool,), grads[0].device if grads else None)
     if len(keep_list) != len(grads):
         raise ValueError(f"keep must have one mask per gradient: got {len(keep_list)} masks "
                          f"for {len(grads)} grads")
@@ -64,7 +64,7 @@ def truncate_grads_(
         raise ValueError("l1 != 0 requires params (the tensors whose sign is added to grads)")
     param_list: list[torch.Tensor] = []
     if params is not None:
-        param_list = check_tensor_list("params", params, FLOAT_DTYPES)
+        param_list = check_tensor_list("params", params, FLOAT_DTYPES, grads[0].device if grads else None)
         if len(param_list) != len(grads):
             raise ValueError(f"params must have one tensor per gradient: got {len(param_list)} "
                              f"for {len(grads)} grads")
