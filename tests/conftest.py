@@ -29,8 +29,11 @@ def backend(request) -> str:
 
 @pytest.fixture
 def generator() -> torch.Generator:
-    """A fresh seeded generator per test (inputs differ across tests, repeat across runs)."""
-    return torch.Generator().manual_seed(torch.randint(0, 2**31 - 1, (1,)).item())
+    """A generator with a fresh seed each run; the seed is printed, so a failure can be replayed
+    with SPARSETICKET_TEST_SEED=<seed>."""
+    seed = int(os.environ.get("SPARSETICKET_TEST_SEED", int.from_bytes(os.urandom(4), "little")))
+    print(f"random inputs from seed {seed} (replay: SPARSETICKET_TEST_SEED={seed})")
+    return torch.Generator().manual_seed(seed)
 
 
 def reference_run(function, *args, **kwargs):

@@ -33,7 +33,7 @@ def _inputs(seed: int):
         torch.randn(16, 4, generator=generator)
 
 
-def test_all_ops_fullgraph_match_eager():
+def test_all_ops_fullgraph_match_eager(backend):
     torch._dynamo.reset()
     compiled = torch.compile(_all_ops, fullgraph=True)
     eager_inputs, compiled_inputs = _inputs(0), _inputs(0)
