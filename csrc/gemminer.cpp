@@ -1,0 +1,162 @@
+// Gem-Miner ops: the score-masked weight, its straight-through backward, and the fused score update
+// (momentum SGD with L2, clamp to [0, 1], count of kept entries) in fp32.
+#include "common.h"
+#include "ops.h"
+
+namespace sparseticket {
+namespace {
+
+template <typename S>
+C10_ALWAYS_INLINE bool keeps(S score, uint8_t flag) {
+  return (static_cast<float>(score) > 0.5f) & (flag != 0);
+}
+
+template <typename W, typename S>
+void mask_range(const W* __restrict weight, const S* __restrict scores, const uint8_t* __restrict flags,
+                W* __restrict out, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const W w = weight[i];  // loaded unconditionally so that the select vectorises
+    out[i] = keeps(scores[i], flags[i]) ? w : static_cast<W>(0.f);
+  }
+}
+
+template <typename T, typename S, bool kWeight, bool kScores>
+void backward_range(const T* __restrict grad, const T* __restrict weight, const S* __restrict scores,
+                     const uint8_t* __restrict flags, T* __restrict grad_weight, S* __restrict grad_scores,
+                     int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    const T g = grad[i];
+    if constexpr (kWeight) grad_weight[i] = keeps(scores[i], flags[i]) ? g : static_cast<T>(0.f);
+    if constexpr (kScores) {
+      const float product = static_cast<float>(g) * static_cast<float>(weight[i]);
+      grad_scores[i] = static_cast<S>(flags[i] ? product : 0.f);
+    }
+  }
+}
+
+// Updates [begin, end) and returns how many of them end with score > 0.5 and flag.
+template <typename T>
+int64_t step_range(T* __restrict scores, const T* __restrict grads, T* __restrict velocity,
+                   const uint8_t* __restrict flags, int64_t begin, int64_t end, float lr, float momentum,
+                   float decay) {
+  int64_t kept = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const T p_old = scores[i], v_old = velocity[i];
+    const float p = static_cast<float>(p_old), v = static_cast<float>(v_old);
+    const float v_new = momentum * v + (static_cast<float>(grads[i]) + decay * p);
+    const float p_new = std::min(std::max(p - lr * v_new, 0.f), 1.f);  // keeps NaN, as torch.clamp
+    const bool on = flags[i] != 0;
+    const T stored = on ? static_cast<T>(p_new) : p_old;
+    velocity[i] = on ? static_cast<T>(v_new) : v_old;
+    scores[i] = stored;
+    kept += keeps(stored, flags[i]);
+  }
+  return kept;
+}
+
+void check_same_sizes(const at::Tensor& a, const at::Tensor& b, const char* what) {
+  TORCH_CHECK(a.sizes() == b.sizes(), what, " must have the same shape, got ", a.sizes(), " and ", b.sizes());
+}
+
+}  // namespace
+
+at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags) {
+  check_input(weight, "weight");
+  check_input(scores, "scores");
+  check_input(flags, "flags", at::kBool);
+  check_same_sizes(weight, scores, "gemminer_mask: weight and scores");
+  check_same_sizes(weight, flags, "gemminer_mask: weight and flags");
+  auto out = at::empty(weight.sizes(), weight.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "gemminer_mask", [&] {
+    using W = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "gemminer_mask", [&] {
+      const W* w = weight.data_ptr<W>();
+      const scalar_t* s = scores.data_ptr<scalar_t>();
+      const uint8_t* f = bool_data(flags);
+      W* o = out.data_ptr<W>();
+      at::parallel_for(0, weight.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        mask_range(w, s, f, o, begin, end);
+      });
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad, const at::Tensor& weight,
+                                                          const at::Tensor& scores, const at::Tensor& flags,
+                                                          bool need_weight, bool need_scores) {
+  check_input(grad, "grad");
+  check_input(weight, "weight");
+  check_input(scores, "scores");
+  check_input(flags, "flags", at::kBool);
+  check_same_sizes(grad, weight, "gemminer_mask_backward: grad and weight");
+  check_same_sizes(grad, scores, "gemminer_mask_backward: grad and scores");
+  check_same_sizes(grad, flags, "gemminer_mask_backward: grad and flags");
+  if (grad.scalar_type() != weight.scalar_type()) {
+    // Rare mixed dtypes: both conversions are exact for what each gradient reads.
+    const auto empty = grad.new_empty({0});
+    return {need_weight ? std::get<0>(gemminer_mask_backward(grad.to(weight.scalar_type()), weight, scores, flags,
+                                                             true, false))
+                        : empty,
+            need_scores ? std::get<1>(gemminer_mask_backward(grad.to(at::kFloat), weight.to(at::kFloat), scores,
+                                                             flags, false, true))
+                        : empty};
+  }
+  auto grad_weight = need_weight ? at::empty(weight.sizes(), weight.options()) : grad.new_empty({0});
+  auto grad_scores = need_scores ? at::empty(scores.sizes(), scores.options()) : grad.new_empty({0});
+  if (!need_weight && !need_scores) return {grad_weight, grad_scores};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gemminer_mask_backward", [&] {
+    using T = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "gemminer_mask_backward", [&] {
+      using S = scalar_t;
+      const T* g = grad.data_ptr<T>();
+      const T* w = weight.data_ptr<T>();
+      const S* s = scores.data_ptr<S>();
+      const uint8_t* f = bool_data(flags);
+      T* gw = need_weight ? grad_weight.data_ptr<T>() : nullptr;
+      S* gs = need_scores ? grad_scores.data_ptr<S>() : nullptr;
+      at::parallel_for(0, grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        if (need_weight && need_scores) return backward_range<T, S, true, true>(g, w, s, f, gw, gs, begin, end);
+        if (need_weight) return backward_range<T, S, true, false>(g, w, s, f, gw, gs, begin, end);
+        backward_range<T, S, false, true>(g, w, s, f, gw, gs, begin, end);
+      });
+    });
+  });
+  return {grad_weight, grad_scores};
+}
+
+at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
+                          const at::Tensor& flags, double lr, double momentum, double l2) {
+  check_input(scores, "scores");
+  check_input(grads, "grads");
+  check_input(momentum_buffer, "momentum_buffer");
+  check_input(flags, "flags", at::kBool);
+  check_same_sizes(scores, grads, "gemminer_step_: scores and grads");
+  check_same_sizes(scores, momentum_buffer, "gemminer_step_: scores and momentum_buffer");
+  check_same_sizes(scores, flags, "gemminer_step_: scores and flags");
+  const auto dtype = scores.scalar_type();
+  if (grads.scalar_type() != dtype || momentum_buffer.scalar_type() != dtype) {
+    // Rare mixed dtypes: step fp32 copies (the math is fp32 anyway), store back, count the stored scores.
+    auto p = scores.to(at::kFloat), v = momentum_buffer.to(at::kFloat);
+    gemminer_step_(p, grads.to(at::kFloat), v, flags, lr, momentum, l2);
+    scores.copy_(p);
+    momentum_buffer.copy_(v);
+    return at::logical_and(scores > 0.5, flags).sum();
+  }
+  int64_t kept = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gemminer_step_", [&] {
+    scalar_t* p = scores.data_ptr<scalar_t>();
+    const scalar_t* g = grads.data_ptr<scalar_t>();
+    scalar_t* v = momentum_buffer.data_ptr<scalar_t>();
+    const uint8_t* f = bool_data(flags);
+    const float flr = static_cast<float>(lr), fmomentum = static_cast<float>(momentum);
+    const float decay = static_cast<float>(2.0 * l2);
+    kept = at::parallel_reduce(
+        0, scores.numel(), kGrain, int64_t{0},
+        [&](int64_t begin, int64_t end, int64_t) { return step_range(p, g, v, f, begin, end, flr, fmomentum, decay); },
+        std::plus<int64_t>());
+  });
+  return at::scalar_tensor(kept, scores.options().dtype(at::kLong));
+}
+
+}  // namespace sparseticket

@@ -1,0 +1,28 @@
+// The sparseticket_cpu kernels (registered in registration.cpp; schemas there).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace sparseticket {
+
+void truncate_grads_(at::TensorList grads, at::TensorList keep, at::TensorList params, double scale, double l1);
+
+at::Tensor pack_mask(const at::Tensor& mask);
+at::Tensor unpack_mask(const at::Tensor& packed, int64_t count);
+std::tuple<at::Tensor, at::Tensor> mask_distances(const at::Tensor& importance, const at::Tensor& threshold,
+                                                  const at::Tensor& history,
+                                                  const std::optional<at::Tensor>& static_runs);
+
+at::Tensor kth_value(at::TensorList values, int64_t k);
+
+at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags);
+std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad, const at::Tensor& weight,
+                                                          const at::Tensor& scores, const at::Tensor& flags,
+                                                          bool need_weight, bool need_scores);
+at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
+                          const at::Tensor& flags, double lr, double momentum, double l2);
+
+}  // namespace sparseticket

@@ -1,0 +1,31 @@
+// Schemas and kernels of the sparseticket_cpu operator namespace. The kernels are registered as
+// CompositeExplicitAutograd so that calls with empty tensor lists dispatch too; each kernel checks
+// that its tensors are on the CPU.
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(sparseticket_cpu, m) {
+  m.def("truncate_grads_(Tensor(a!)[] grads, Tensor[] keep, Tensor[] params, float scale, float l1) -> ()");
+  m.def("pack_mask(Tensor mask) -> Tensor");
+  m.def("unpack_mask(Tensor packed, int count) -> Tensor");
+  m.def("kth_value(Tensor[] values, int k) -> Tensor");
+  m.def("mask_distances(Tensor importance, Tensor threshold, Tensor history, Tensor(a!)? static_runs) "
+        "-> (Tensor, Tensor)");
+  m.def("gemminer_mask(Tensor weight, Tensor scores, Tensor flags) -> Tensor");
+  m.def("gemminer_mask_backward(Tensor grad, Tensor weight, Tensor scores, Tensor flags, bool need_weight, "
+        "bool need_scores) -> (Tensor, Tensor)");
+  m.def("gemminer_step_(Tensor(a!) scores, Tensor grads, Tensor(b!) momentum_buffer, Tensor flags, float lr, "
+        "float momentum, float l2) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparseticket_cpu, CompositeExplicitAutograd, m) {
+  m.impl("truncate_grads_", &sparseticket::truncate_grads_);
+  m.impl("pack_mask", &sparseticket::pack_mask);
+  m.impl("unpack_mask", &sparseticket::unpack_mask);
+  m.impl("kth_value", &sparseticket::kth_value);
+  m.impl("mask_distances", &sparseticket::mask_distances);
+  m.impl("gemminer_mask", &sparseticket::gemminer_mask);
+  m.impl("gemminer_mask_backward", &sparseticket::gemminer_mask_backward);
+  m.impl("gemminer_step_", &sparseticket::gemminer_step_);
+}
