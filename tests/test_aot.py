@@ -14,12 +14,14 @@ ARCHES = ("sm_80", "sm_90")
 
 
 @pytest.fixture(scope="module")
-def compiled() -> list[dict]:
-    """Compile in a subprocess: ahead-of-time compiles need the interpreter off."""
+def compiled(tmp_path_factory) -> list[dict]:
+    """Compile in a subprocess (the interpreter must be off), outside the source tree so that
+    the installed package is the one imported."""
     environment = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     result = subprocess.run(
         [sys.executable, "-m", "sparseticket.triton_kernels.aot", "--arch", "80", "90"],
         capture_output=True, text=True, env=environment, check=False, timeout=600,
+        cwd=tmp_path_factory.mktemp("aot"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)

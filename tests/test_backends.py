@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def _run_python(code: str, **environment: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **environment}
     env.pop("TRITON_INTERPRET", None)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
+                          timeout=300, check=False, cwd=tempfile.gettempdir())
 
 
 def test_fallback_without_cpp_warns_once_and_still_computes():

@@ -27,15 +27,58 @@ def _truncate_fake(grads, keep, params, scale, l1) -> None:
     return None
 
 
-def _checked_keep(index: int, mask: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    name = f"keep[{index}]"
-    check_tensor(name, mask, (torch.bool,), grad.device)
-    per_channel = grad.dim() >= 1 and mask.dim() == 1 and mask.shape[0] == grad.shape[0]
-    if not per_channel and mask.shape != grad.shape:
-        expected = f"({grad.shape[0]},) or " if grad.dim() >= 1 else ""
-        raise ValueError(f"{name} must have shape {expected}{tuple(grad.shape)} (per channel or per "
-                         f"element of grads[{index}]), got {tuple(mask.shape)}")
-    return mask.contiguous()
+def _keep_shape_error(index: int, mask: torch.Tensor, grad: torch.Tensor) -> ValueError:
+    expected = f"({grad.shape[0]},) or " if grad.dim() >= 1 else ""
+    return ValueError(f"keep[{index}] must have shape {expected}{tuple(grad.shape)} (per channel or "
+                      f"per element of grads[{index}]), got {tuple(mask.shape)}")
+
+
+def _check_lists(grads, keep, params) -> tuple[list, list, list]:
+    """One pass over the lists (this runs every training step: each tensor is touched once).
+
+    The fast checks compare dtypes and devices with the first tensor; on any mismatch the full
+    per-argument checks run to produce the message.
+    """
+    for name, values in (("grads", grads), ("keep", keep), ("params", params)):
+        if values is not None and (isinstance(values, torch.Tensor) or not isinstance(values, Sequence)):
+            raise TypeError(f"{name} must be a list or tuple of tensors, got {type(values).__name__}")
+    grads, keep = list(grads), list(keep)
+    params = list(params) if params is not None else []
+    if len(keep) != len(grads):
+        raise ValueError(f"keep must have one mask per gradient: got {len(keep)} masks for "
+                         f"{len(grads)} grads")
+    if params and len(params) != len(grads):
+        raise ValueError(f"params must have one tensor per gradient: got {len(params)} for "
+                         f"{len(grads)} grads")
+    if not grads:
+        return grads, keep, params
+    first = check_tensor("grads[0]", grads[0], FLOAT_DTYPES)
+    grad_dtype, device = first.dtype, first.device
+    param_dtype = check_tensor("params[0]", params[0], FLOAT_DTYPES, device).dtype if params else None
+    masks = []
+    for index, (grad, mask) in enumerate(zip(grads, keep)):
+        try:
+            fast = grad.dtype is grad_dtype and mask.dtype is torch.bool and grad.device == device \
+                and mask.device == device
+        except AttributeError:
+            fast = False
+        if not fast:
+            check_tensor_list("grads", grads, FLOAT_DTYPES, device)
+            check_tensor(f"keep[{index}]", mask, (torch.bool,), device)
+        if not grad.is_contiguous():
+            check_contiguous(f"grads[{index}]", grad)
+        shape, mask_shape = grad.shape, mask.shape
+        if mask_shape != shape and not (len(mask_shape) == 1 and len(shape) >= 1 and mask_shape[0] == shape[0]):
+            raise _keep_shape_error(index, mask, grad)
+        masks.append(mask if mask.is_contiguous() else mask.contiguous())
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        if not (isinstance(param, torch.Tensor) and param.dtype is param_dtype and param.device == device):
+            check_tensor_list("params", params, FLOAT_DTYPES, device)
+        if param.shape != grad.shape:
+            check_same_shape(f"params[{index}]", param, f"grads[{index}]", grad)
+        if not param.is_contiguous():
+            params[index] = param.contiguous()
+    return grads, masks, params
 
 
 def truncate_grads_(
@@ -53,31 +96,10 @@ def truncate_grads_(
     ``scale=0`` the gradients of dropped entries become zero (IMP); ``scale=chi`` is WORM's
     truncation; ``l1`` adds EarlyBird's L1 subgradient (needs ``params``). Math is in fp32.
     """
-    grads = check_tensor_list("grads", grads, FLOAT_DTYPES)
-    keep_list = check_tensor_list("keep", keep, (torch.bool,), grads[0].device if grads else None)
-    if len(keep_list) != len(grads):
-        raise ValueError(f"keep must have one mask per gradient: got {len(keep_list)} masks "
-                         f"for {len(grads)} grads")
     scale = check_float("scale", scale)
     l1 = check_float("l1", l1)
     if l1 != 0.0 and params is None:
         raise ValueError("l1 != 0 requires params (the tensors whose sign is added to grads)")
-    param_list: list[torch.Tensor] = []
-    if params is not None:
-        param_list = check_tensor_list("params", params, FLOAT_DTYPES, grads[0].device if grads else None)
-        if len(param_list) != len(grads):
-            raise ValueError(f"params must have one tensor per gradient: got {len(param_list)} "
-                             f"for {len(grads)} grads")
-    if not grads:
-        return
-    device = grads[0].device
-    masks = []
-    for index, grad in enumerate(grads):
-        check_contiguous(f"grads[{index}]", grad)
-        masks.append(_checked_keep(index, keep_list[index], grad))
-    if l1 == 0.0:
-        param_list = []
-    for index, param in enumerate(param_list):
-        check_tensor(f"params[{index}]", param, FLOAT_DTYPES, device)
-        check_same_shape(f"params[{index}]", param, f"grads[{index}]", grads[index])
-    _truncate_op(grads, masks, [param.detach().contiguous() for param in param_list], scale, l1)
+    grads, masks, params = _check_lists(grads, keep, params)
+    if grads:
+        _truncate_op(grads, masks, params if l1 != 0.0 else [], scale, l1)
