@@ -1,0 +1,160 @@
+"""EarlyBird (You et al., ICLR 2020): a channel ticket drawn once the BN-gamma masks stop moving.
+
+Add three lines to any training loop::
+
+    eb = EarlyBird(model)
+    ...  loss.backward(); eb.after_backward(); optimizer.step()
+    ...  if eb.epoch_end(): break   # at the end of every epoch; True when the ticket is drawn
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sparseticket.methods.bn_channels import ChannelLayer, batchnorm_layers, channel_importance
+from sparseticket.ops import kth_value, mask_distances, truncate_grads_, unpack_mask
+
+
+@dataclass
+class RatioTracker:
+    """The mask queue and stop state of one pruning ratio."""
+
+    ratio: float
+    masks: list[torch.Tensor] = field(default_factory=list)  # last queue-1 packed masks, oldest first
+    static_runs: torch.Tensor | None = None  # per channel: epochs its bit stayed unchanged
+    distances: list[float] = field(default_factory=list)  # newest vs each older mask, oldest first
+    history: list[list[float]] = field(default_factory=list)  # distances of every epoch
+    found_epoch: int | None = None
+
+
+def _check_ratios(ratio: float | Sequence[float]) -> list[float]:
+    ratios = [ratio] if isinstance(ratio, (int, float)) else list(ratio)
+    if not ratios or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1
+                         for r in ratios):
+        raise ValueError(f"ratio must be a number in [0, 1) or a non-empty list of them, got {ratio!r}")
+    return [float(r) for r in ratios]
+
+
+class EarlyBird:
+    """Tracks the global BN-gamma channel mask each epoch and draws the ticket when it stabilises.
+
+    ``ratio``: fraction of channels pruned (a list tracks several at once, each with its own
+    queue and found epoch); ``l1``: L1 sparsity on gamma (subgradient added by
+    ``after_backward``); ``queue``: masks kept; ``eps``: the ticket is drawn when the newest mask
+    is within ``eps`` (normalised Hamming distance) of every older mask of a full queue.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        ratio: float | Sequence[float] = 0.5,
+        l1: float = 1e-4,
+        queue: int = 5,
+        eps: float = 0.1,
+    ) -> None:
+        if isinstance(queue, bool) or not isinstance(queue, int) or queue < 2:
+            raise ValueError(f"queue must be an int >= 2 (masks compared), got {queue!r}")
+        if not 0 <= eps <= 1:
+            raise ValueError(f"eps must be in [0, 1], got {eps!r}")
+        if l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {l1!r}")
+        self.model = model
+        self.layers: list[ChannelLayer] = batchnorm_layers(model)
+        self.channels = self.layers[-1].stop
+        self.l1 = float(l1)
+        self.queue = queue
+        self.eps = float(eps)
+        self.single_ratio = isinstance(ratio, (int, float))
+        self.trackers = [RatioTracker(r) for r in _check_ratios(ratio)]
+        self.epoch = 0
+
+    # ----------------------------------------------------------------- per step
+    def _trainable_gammas(self) -> list[torch.Tensor]:
+        return [layer.gamma for layer in self.layers if layer.gamma.grad is not None]
+
+    def after_backward(self) -> None:
+        """Add l1*sign(gamma) to every BN gamma gradient (one fused call); before optimizer.step()."""
+        if self.l1 == 0.0:
+            return
+        gammas = self._trainable_gammas()
+        if gammas:
+            keep = [self._all_channels(gamma) for gamma in gammas]
+            truncate_grads_([gamma.grad for gamma in gammas], keep, scale=1.0, params=gammas, l1=self.l1)
+
+    def _all_channels(self, gamma: torch.Tensor) -> torch.Tensor:
+        cache = self.__dict__.setdefault("_ones", {})
+        key = (gamma.shape[0], gamma.device)
+        if key not in cache:
+            cache[key] = torch.ones(gamma.shape[0], dtype=torch.bool, device=gamma.device)
+        return cache[key]
+
+    # ----------------------------------------------------------------- per epoch
+    def epoch_end(self) -> bool:
+        """Record this epoch's mask for every ratio; True the first time any ratio's ticket is drawn."""
+        self.epoch += 1
+        importance = channel_importance(self.layers)
+        newly_found = False
+        for tracker in self.trackers:
+            newly_found |= self._record(tracker, importance)
+        return newly_found
+
+    def _record(self, tracker: RatioTracker, importance: torch.Tensor) -> bool:
+        rank = min(int(self.channels * tracker.ratio), self.channels - 1)
+        threshold = kth_value(importance, rank)
+        history = (torch.stack(tracker.masks) if tracker.masks else
+                   torch.empty(0, (self.channels + 7) // 8, dtype=torch.uint8, device=importance.device))
+        if tracker.static_runs is None:
+            tracker.static_runs = torch.zeros(self.channels, dtype=torch.int32, device=importance.device)
+        packed, distances = mask_distances(importance, threshold, history, static_runs=tracker.static_runs)
+        tracker.distances = distances.tolist()
+        tracker.history.append(tracker.distances)
+        tracker.masks = (tracker.masks + [packed])[-(self.queue - 1):]
+        if tracker.found_epoch is None and self._queue_full(tracker) and max(tracker.distances) <= self.eps:
+            tracker.found_epoch = self.epoch
+            return True
+        return False
+
+    def _queue_full(self, tracker: RatioTracker) -> bool:
+        return len(tracker.distances) == self.queue - 1
+
+    # ----------------------------------------------------------------- results
+    def _single(self, values: list):
+        return values[0] if self.single_ratio else {t.ratio: v for t, v in zip(self.trackers, values)}
+
+    @property
+    def found_epoch(self) -> int | None | dict[float, int | None]:
+        """Epoch (1-based count of epoch_end calls) the ticket was drawn; per ratio for a list."""
+        return self._single([tracker.found_epoch for tracker in self.trackers])
+
+    @property
+    def distances(self) -> list[float] | dict[float, list[float]]:
+        """Distances of the newest mask to each older mask in the queue (oldest first)."""
+        return self._single([tracker.distances for tracker in self.trackers])
+
+    @property
+    def history(self) -> list[list[float]] | dict[float, list[list[float]]]:
+        """The distances of every epoch so far, for plots."""
+        return self._single([tracker.history for tracker in self.trackers])
+
+    def channel_mask(self, ratio: float | None = None) -> dict[str, torch.Tensor]:
+        """Per-layer bool masks (True = keep) of the newest mask for ``ratio`` (default: the first)."""
+        flat = self._newest_mask(self._tracker(ratio))
+        return {layer.name: flat[layer.start:layer.stop].clone() for layer in self.layers}
+
+    def _newest_mask(self, tracker: RatioTracker) -> torch.Tensor:
+        if not tracker.masks:
+            raise RuntimeError("no mask yet: call epoch_end() at least once")
+        return unpack_mask(tracker.masks[-1], self.channels)
+
+    def _tracker(self, ratio: float | None) -> RatioTracker:
+        if ratio is None:
+            return self.trackers[0]
+        for tracker in self.trackers:
+            if tracker.ratio == ratio:
+                return tracker
+        raise ValueError(f"ratio {ratio} is not tracked; tracked: {[t.ratio for t in self.trackers]}")

@@ -1,0 +1,118 @@
+"""WORM (Vasudev, NeurIPS 2024 ENLSP): EarlyBird plus gradient truncation of static pruned channels.
+
+Once the mean distance of a full mask queue falls below ``trigger``, the gradients of gamma and
+beta (and optionally the producing conv filters) of every static channel are scaled by ``chi``
+on each step: ``g <- g * (m + chi * (1 - m))``. The ticket is drawn by EarlyBird's rule.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparseticket.methods.bn_channels import ChannelLayer
+from sparseticket.methods.earlybird import EarlyBird, RatioTracker
+from sparseticket.ops import truncate_grads_
+
+STATIC_DEFINITIONS = ("newest", "queue")
+
+
+def producing_layer(model: nn.Module, layer: ChannelLayer) -> nn.Module:
+    """The Conv/Linear right before a BN in module order whose outputs it normalises."""
+    previous = None
+    for module in model.modules():
+        if module is layer.module:
+            break
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            previous = module
+    channels = getattr(previous, "out_channels", getattr(previous, "out_features", None))
+    if previous is None or channels != layer.module.num_features:
+        raise ValueError(f"truncate_filters: no Conv/Linear with {layer.module.num_features} outputs "
+                         f"precedes BN layer {layer.name!r}")
+    return previous
+
+
+class WORM(EarlyBird):
+    """EarlyBird with WORM's trigger and gradient truncation of static pruned channels.
+
+    ``static="newest"``: channels pruned in the newest mask; ``"queue"``: pruned in every mask
+    of the queue. ``chi=0`` truncates hard. ``worm.truncating`` says whether it has triggered.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        ratio: float = 0.5,
+        l1: float = 1e-4,
+        queue: int = 5,
+        eps: float = 0.1,
+        trigger: float = 0.15,
+        chi: float = 0.003,
+        static: str = "newest",
+        truncate_filters: bool = False,
+    ) -> None:
+        if not isinstance(ratio, (int, float)):
+            raise ValueError("WORM tracks one ratio (its truncation follows that mask); got a list")
+        if static not in STATIC_DEFINITIONS:
+            raise ValueError(f"static must be one of {STATIC_DEFINITIONS}, got {static!r}")
+        if not 0 <= chi <= 1:
+            raise ValueError(f"chi must be in [0, 1], got {chi!r}")
+        super().__init__(model, ratio=ratio, l1=l1, queue=queue, eps=eps)
+        self.trigger = float(trigger)
+        self.chi = float(chi)
+        self.static = static
+        self.truncating = False
+        self.trigger_epoch: int | None = None
+        self.filters = [producing_layer(model, layer) for layer in self.layers] if truncate_filters else []
+        self._keep: list[torch.Tensor] = []  # per layer: True where the channel is not static
+
+    def static_channels(self) -> dict[str, torch.Tensor]:
+        """Per-layer bool masks of the channels whose gradients are truncated (True = static)."""
+        flat = self._static_flat(self.trackers[0])
+        return {layer.name: flat[layer.start:layer.stop].clone() for layer in self.layers}
+
+    def _static_flat(self, tracker: RatioTracker) -> torch.Tensor:
+        static = ~self._newest_mask(tracker)
+        if self.static == "queue":
+            static &= tracker.static_runs >= self.queue - 1
+        return static
+
+    def epoch_end(self) -> bool:
+        """EarlyBird's epoch end, then the trigger check and a refresh of the static channels."""
+        found = super().epoch_end()
+        tracker = self.trackers[0]
+        distances = tracker.distances
+        if not self.truncating and self._queue_full(tracker) and sum(distances) / len(distances) < self.trigger:
+            self.truncating = True
+            self.trigger_epoch = self.epoch
+        if self.truncating:
+            keep = ~self._static_flat(tracker)
+            self._keep = [keep[layer.start:layer.stop].contiguous() for layer in self.layers]
+        return found
+
+    def after_backward(self) -> None:
+        """EarlyBird's L1 on gamma; once triggered, also scale static channels' gradients by chi."""
+        if not self.truncating:
+            super().after_backward()
+            return
+        grads, keep, params = [], [], []
+        for layer, mask in zip(self.layers, self._keep):
+            for tensor, sign_source in ((layer.gamma, layer.gamma), (layer.beta, None)):
+                if tensor.grad is not None:
+                    grads.append(tensor.grad)
+                    keep.append(mask)
+                    params.append(sign_source if sign_source is not None else self._zeros(tensor))
+        if grads:
+            truncate_grads_(grads, keep, scale=self.chi, params=params, l1=self.l1)
+        filter_grads = [(f.weight.grad, mask) for f, mask in zip(self.filters, self._keep) if f.weight.grad is not None]
+        if filter_grads:
+            truncate_grads_([grad for grad, _ in filter_grads], [mask for _, mask in filter_grads], scale=self.chi)
+
+    def _zeros(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Zeros standing in for beta's params: sign(0) = 0, so beta gets no L1 term."""
+        cache = self.__dict__.setdefault("_zero_params", {})
+        key = (tensor.shape, tensor.device, tensor.dtype)
+        if key not in cache:
+            cache[key] = torch.zeros_like(tensor)
+        return cache[key]
