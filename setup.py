@@ -13,15 +13,9 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-PACKAGES = [
-    "sparseticket",
-    "sparseticket.ops",
-    "sparseticket.reference",
-    "sparseticket._kernels",
-    "sparseticket.triton_kernels",
-]
+PACKAGES = [*find_packages(include=["sparseticket", "sparseticket.*"]), "sparseticket.triton_kernels"]
 PACKAGE_DIR = {"sparseticket.triton_kernels": "triton_kernels"}
 
 

@@ -1,0 +1,222 @@
+"""Physical channel pruning: turn a BatchNorm channel mask (an EarlyBird ticket) into a smaller dense network.
+
+Built on Torch-Pruning's DependencyGraph, so residual adds, concatenations and the classifier stay
+consistent. Channels coupled through the graph (e.g. both sides of a residual add) are kept when ANY
+coupled BatchNorm keeps them; channels coupled to a BatchNorm without a mask, or reaching the model
+output, are always kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+_WARMUP_RUNS = 3
+_TIMED_RUNS = 10
+
+
+@dataclass
+class PruneReport:
+    """Size, cost and latency of a model before and after physical channel pruning."""
+
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    latency_ms_before: float
+    latency_ms_after: float
+    kept_channels: dict[str, torch.Tensor]
+
+    def summary(self) -> str:
+        """A short table of params, MACs and latency before/after with their ratios."""
+        rows = [
+            ("params", self.params_before, self.params_after),
+            ("MACs", self.macs_before, self.macs_after),
+            ("latency (ms)", self.latency_ms_before, self.latency_ms_after),
+        ]
+        lines = [f"{'':<14}{'before':>14}{'after':>14}{'after/before':>14}"]
+        for label, before, after in rows:
+            ratio = after / before if before and not math.isnan(before) else float("nan")
+            lines.append(f"{label:<14}{_fmt(before):>14}{_fmt(after):>14}{_fmt(ratio):>14}")
+        kept = sum(int(m.sum()) for m in self.kept_channels.values())
+        total = sum(m.numel() for m in self.kept_channels.values())
+        lines.append(f"channels kept: {kept}/{total} in {len(self.kept_channels)} BatchNorm layers")
+        return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    """Integers with thousands separators, floats with 3 decimals, NaN as 'n/a'."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
+
+
+def prune_channels(
+    model: nn.Module,
+    channel_masks: dict[str, torch.Tensor],
+    example_inputs: torch.Tensor,
+    *,
+    measure_latency: bool = True,
+) -> tuple[nn.Module, PruneReport]:
+    """A physically smaller deep copy of `model` without the masked-out BN channels, and a report."""
+    masks = _validate_masks(model, channel_masks)
+    pruned = copy.deepcopy(model)
+    params_before, macs_before, latency_before = _measure(pruned, example_inputs, measure_latency)
+    bns = {name: pruned.get_submodule(name) for name in masks}
+    with _preserved_modes(pruned):
+        graph = tp.DependencyGraph().build_dependency(pruned, example_inputs, verbose=False)
+    keep = _coupled_keep(graph, bns, masks)
+    _remove_channels(graph, bns, keep)
+    params_after, macs_after, latency_after = _measure(pruned, example_inputs, measure_latency)
+    report = PruneReport(
+        params_before, params_after, macs_before, macs_after, latency_before, latency_after, keep
+    )
+    return pruned, report
+
+
+def _validate_masks(
+    model: nn.Module, channel_masks: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Check keys name BatchNorms of `model` and masks are bool of length num_features; CPU masks."""
+    modules = dict(model.named_modules())
+    masks = {}
+    for name, mask in channel_masks.items():
+        bn = modules.get(name)
+        if not isinstance(bn, _BatchNorm):
+            found = "no such module" if bn is None else type(bn).__name__
+            raise ValueError(f"channel_masks[{name!r}]: not a BatchNorm layer of the model ({found})")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"channel_masks[{name!r}]: mask must be a bool tensor, got {got}")
+        if mask.shape != (bn.num_features,):
+            raise ValueError(
+                f"channel_masks[{name!r}]: mask must have shape ({bn.num_features},), got {tuple(mask.shape)}"
+            )
+        masks[name] = mask.detach().cpu()
+    return masks
+
+
+@contextlib.contextmanager
+def _preserved_modes(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit (tracing and timing switch to eval)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _measure(model: nn.Module, example_inputs: torch.Tensor, measure_latency: bool) -> tuple[int, int, float]:
+    """Parameter count, MACs and (optionally, else NaN) median eval-mode latency in ms."""
+    params = sum(p.numel() for p in model.parameters())
+    with _preserved_modes(model):
+        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+        latency = _latency_ms(model, example_inputs) if measure_latency else float("nan")
+    return params, int(macs), latency
+
+
+def _latency_ms(model: nn.Module, example_inputs: torch.Tensor) -> float:
+    """Median wall-clock time of one eval-mode, no-grad forward pass, after warm-up."""
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for run in range(_WARMUP_RUNS + _TIMED_RUNS):
+            start = time.perf_counter()
+            model(example_inputs)
+            if run >= _WARMUP_RUNS:
+                times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _group_of(graph: tp.DependencyGraph, bn: _BatchNorm, idxs: list[int]) -> tp.dependency.Group:
+    """The Torch-Pruning group of everything coupled to output channels `idxs` of `bn`."""
+    return graph.get_pruning_group(bn, tp.prune_batchnorm_out_channels, idxs)
+
+
+def _out_items(
+    graph: tp.DependencyGraph, group: tp.dependency.Group
+) -> Iterator[tuple[tp.dependency.Node, list[int], list[int]]]:
+    """(module, channel indices, root indices) of every out-channel pruning op in a group."""
+    for item in group.items:
+        if graph.is_out_channel_pruning_fn(item.dep.handler):
+            yield item.dep.target, list(item.idxs), list(item.root_idxs)
+
+
+def _coupled_keep(
+    graph: tp.DependencyGraph, bns: dict[str, _BatchNorm], masks: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Effective keep mask per BN: union over coupled masks, forced on for protected channels, never empty."""
+    name_of = {bn: name for name, bn in bns.items()}
+    keep = {}
+    for name, bn in bns.items():
+        hits = torch.zeros(bn.num_features, dtype=torch.long)
+        for node, idxs, root in _out_items(graph, _group_of(graph, bn, list(range(bn.num_features)))):
+            other = name_of.get(node.module)
+            if not node.outputs or (other is None and isinstance(node.module, _BatchNorm)):
+                kept = torch.ones(len(idxs), dtype=torch.long)  # the model output, or a BN without a mask
+            elif other is not None:
+                kept = masks[other][idxs].long()
+            else:
+                continue
+            hits.index_add_(0, torch.tensor(root, dtype=torch.long), kept)
+        keep[name] = hits > 0
+    for name, bn in bns.items():
+        if not keep[name].any():
+            _force_keep(graph, bn, _largest_gamma(bn), keep, name_of)
+    return keep
+
+
+def _largest_gamma(bn: _BatchNorm) -> int:
+    """Index of the channel with the largest |gamma| (channel 0 for a non-affine BN)."""
+    return int(bn.weight.detach().abs().argmax()) if bn.affine else 0
+
+
+def _force_keep(
+    graph: tp.DependencyGraph,
+    bn: _BatchNorm,
+    channel: int,
+    keep: dict[str, torch.Tensor],
+    name_of: dict[_BatchNorm, str],
+) -> None:
+    """Mark `channel` of `bn` and every channel coupled to it as kept."""
+    for node, idxs, _ in _out_items(graph, _group_of(graph, bn, [channel])):
+        other = name_of.get(node.module)
+        if other is not None:
+            keep[other][idxs] = True
+
+
+def _remove_channels(
+    graph: tp.DependencyGraph, bns: dict[str, _BatchNorm], keep: dict[str, torch.Tensor]
+) -> None:
+    """Prune every BN channel whose keep bit is False, together with its coupled rows and columns."""
+    name_of = {bn: name for name, bn in bns.items()}
+    alive = {name: list(range(bn.num_features)) for name, bn in bns.items()}  # original ids still present
+    for name, bn in bns.items():
+        drop = [pos for pos, orig in enumerate(alive[name]) if not keep[name][orig]]
+        if not drop:
+            continue
+        group = _group_of(graph, bn, drop)
+        gone = {
+            name_of[node.module]: set(idxs)
+            for node, idxs, _ in _out_items(graph, group)
+            if node.module in name_of
+        }
+        group.prune()
+        for other, positions in gone.items():
+            alive[other] = [orig for pos, orig in enumerate(alive[other]) if pos not in positions]
+    for name, bn in bns.items():
+        if bn.num_features != int(keep[name].sum()):
+            raise RuntimeError(
+                f"{name}: {bn.num_features} channels left after pruning, expected {int(keep[name].sum())}"
+            )
