@@ -1,4 +1,11 @@
-"""The channels EarlyBird tracks: every affine BatchNorm layer of a model, in module order."""
+"""The channels EarlyBird tracks: affine BatchNorm layers and slimming coefficients, in module order.
+
+A channel's importance is the magnitude of its scale: BN gamma (network slimming), or the
+learnable coefficient of a ``ChannelCoefficients`` module (EarlyBERT: one per attention head or
+FFN neuron). Channels of BN layers and of coefficient modules without a group share one global
+threshold; coefficient modules with a ``group`` are thresholded within their group (heads
+layerwise, FFN neurons globally across layers).
+"""
 
 from __future__ import annotations
 
@@ -7,44 +14,97 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparseticket.ops import kth_value
+
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+GLOBAL_GROUP = ""
+
+
+class ChannelCoefficients(nn.Module):
+    """A learnable scale per channel (init 1) that EarlyBird ranks like BN gamma.
+
+    The module owning it multiplies channel i by ``weight[i]``; ``group`` names the pool the
+    channel competes in ("" = the global pool shared with BatchNorm channels).
+    """
+
+    def __init__(self, channels: int, group: str = GLOBAL_GROUP) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = None
+        self.group = group
+        self.num_features = channels
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, group={self.group!r}"
 
 
 @dataclass(frozen=True)
 class ChannelLayer:
-    """One tracked normalisation layer: its name, module and the slice of the global channel index."""
+    """One tracked layer: its name, module, threshold group and slice of the global channel index."""
 
     name: str
     module: nn.Module
+    group: str
     start: int
     stop: int
 
     @property
     def gamma(self) -> torch.Tensor:
-        """The scale (gamma) whose magnitude ranks the channels."""
+        """The scale whose magnitude ranks the channels."""
         return self.module.weight
 
     @property
-    def beta(self) -> torch.Tensor:
-        """The shift (beta)."""
+    def beta(self) -> torch.Tensor | None:
+        """The shift (BN beta), None for slimming coefficients."""
         return self.module.bias
 
 
-def batchnorm_layers(model: nn.Module) -> list[ChannelLayer]:
-    """Every BatchNorm with affine weights, in ``named_modules`` order; ValueError if there is none."""
+def channel_layers(model: nn.Module) -> list[ChannelLayer]:
+    """Every affine BatchNorm and ChannelCoefficients module; ValueError if there is none."""
     layers = []
     start = 0
     for name, module in model.named_modules():
         if isinstance(module, _BATCH_NORMS) and module.affine:
-            stop = start + module.num_features
-            layers.append(ChannelLayer(name, module, start, stop))
-            start = stop
+            group = GLOBAL_GROUP
+        elif isinstance(module, ChannelCoefficients):
+            group = module.group
+        else:
+            continue
+        layers.append(ChannelLayer(name, module, group, start, start + module.num_features))
+        start += module.num_features
     if not layers:
-        raise ValueError("model has no BatchNorm layer with affine weights: EarlyBird has no channel "
-                         "to track (for transformers, attach slimming coefficients first)")
+        raise ValueError("model has no BatchNorm layer with affine weights and no slimming "
+                         "coefficients: EarlyBird has no channel to track (for transformers, "
+                         "call sparseticket.methods.attach_slimming first)")
     return layers
 
 
 def channel_importance(layers: list[ChannelLayer]) -> torch.Tensor:
-    """|gamma| of every tracked channel, concatenated in layer order (float32, detached)."""
+    """|scale| of every tracked channel, concatenated in layer order (float32, detached)."""
     return torch.cat([layer.gamma.detach().abs().float().reshape(-1) for layer in layers])
+
+
+def relative_importance(layers: list[ChannelLayer], importance: torch.Tensor, ratio: float) -> torch.Tensor:
+    """importance minus its group's pruning threshold, so ``> 0`` is the keep mask of every group.
+
+    The threshold of a group of n channels is its ``int(n * ratio)``-th smallest |scale|; for
+    finite floats ``a - t > 0`` exactly when ``a > t``, so one global comparison with 0 applies
+    every group's own threshold.
+    """
+    groups: dict[str, list[ChannelLayer]] = {}
+    for layer in layers:
+        groups.setdefault(layer.group, []).append(layer)
+    if len(groups) == 1:
+        return importance - _threshold(importance, ratio)
+    relative = torch.empty_like(importance)
+    for members in groups.values():
+        parts = [importance[layer.start:layer.stop] for layer in members]
+        threshold = _threshold(parts, ratio)
+        for layer, part in zip(members, parts):
+            relative[layer.start:layer.stop] = part - threshold
+    return relative
+
+
+def _threshold(values: torch.Tensor | list[torch.Tensor], ratio: float) -> torch.Tensor:
+    count = values.numel() if isinstance(values, torch.Tensor) else sum(v.numel() for v in values)
+    return kth_value(values, min(int(count * ratio), count - 1))

@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from sparseticket.methods.bn_channels import ChannelLayer, batchnorm_layers, channel_importance
-from sparseticket.ops import kth_value, mask_distances, truncate_grads_, unpack_mask
+from sparseticket.methods.bn_channels import (
+    ChannelLayer,
+    channel_importance,
+    channel_layers,
+    relative_importance,
+)
+from sparseticket.ops import mask_distances, truncate_grads_, unpack_mask
 
 
 @dataclass
@@ -42,6 +47,7 @@ def _check_ratios(ratio: float | Sequence[float]) -> list[float]:
 class EarlyBird:
     """Tracks the global BN-gamma channel mask each epoch and draws the ticket when it stabilises.
 
+    Tracks every affine BatchNorm (and ``ChannelCoefficients``, see ``attach_slimming``).
     ``ratio``: fraction of channels pruned (a list tracks several at once, each with its own
     queue and found epoch); ``l1``: L1 sparsity on gamma (subgradient added by
     ``after_backward``); ``queue``: masks kept; ``eps``: the ticket is drawn when the newest mask
@@ -64,7 +70,7 @@ class EarlyBird:
         if l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {l1!r}")
         self.model = model
-        self.layers: list[ChannelLayer] = batchnorm_layers(model)
+        self.layers: list[ChannelLayer] = channel_layers(model)
         self.channels = self.layers[-1].stop
         self.l1 = float(l1)
         self.queue = queue
@@ -72,26 +78,19 @@ class EarlyBird:
         self.single_ratio = isinstance(ratio, (int, float))
         self.trackers = [RatioTracker(r) for r in _check_ratios(ratio)]
         self.epoch = 0
+        self._all_kept = [torch.ones(layer.stop - layer.start, dtype=torch.bool, device=layer.gamma.device)
+                          for layer in self.layers]
 
     # ----------------------------------------------------------------- per step
-    def _trainable_gammas(self) -> list[torch.Tensor]:
-        return [layer.gamma for layer in self.layers if layer.gamma.grad is not None]
-
     def after_backward(self) -> None:
-        """Add l1*sign(gamma) to every BN gamma gradient (one fused call); before optimizer.step()."""
+        """Add l1*sign(gamma) to every tracked scale's gradient (one fused call); before optimizer.step()."""
         if self.l1 == 0.0:
             return
-        gammas = self._trainable_gammas()
-        if gammas:
-            keep = [self._all_channels(gamma) for gamma in gammas]
-            truncate_grads_([gamma.grad for gamma in gammas], keep, scale=1.0, params=gammas, l1=self.l1)
-
-    def _all_channels(self, gamma: torch.Tensor) -> torch.Tensor:
-        cache = self.__dict__.setdefault("_ones", {})
-        key = (gamma.shape[0], gamma.device)
-        if key not in cache:
-            cache[key] = torch.ones(gamma.shape[0], dtype=torch.bool, device=gamma.device)
-        return cache[key]
+        trainable = [(layer.gamma, keep) for layer, keep in zip(self.layers, self._all_kept)
+                     if layer.gamma.grad is not None]
+        if trainable:
+            truncate_grads_([gamma.grad for gamma, _ in trainable], [keep for _, keep in trainable],
+                            scale=1.0, params=[gamma for gamma, _ in trainable], l1=self.l1)
 
     # ----------------------------------------------------------------- per epoch
     def epoch_end(self) -> bool:
@@ -104,13 +103,12 @@ class EarlyBird:
         return newly_found
 
     def _record(self, tracker: RatioTracker, importance: torch.Tensor) -> bool:
-        rank = min(int(self.channels * tracker.ratio), self.channels - 1)
-        threshold = kth_value(importance, rank)
+        relative = relative_importance(self.layers, importance, tracker.ratio)
         history = (torch.stack(tracker.masks) if tracker.masks else
                    torch.empty(0, (self.channels + 7) // 8, dtype=torch.uint8, device=importance.device))
         if tracker.static_runs is None:
             tracker.static_runs = torch.zeros(self.channels, dtype=torch.int32, device=importance.device)
-        packed, distances = mask_distances(importance, threshold, history, static_runs=tracker.static_runs)
+        packed, distances = mask_distances(relative, 0.0, history, static_runs=tracker.static_runs)
         tracker.distances = distances.tolist()
         tracker.history.append(tracker.distances)
         tracker.masks = (tracker.masks + [packed])[-(self.queue - 1):]

@@ -66,6 +66,7 @@ class WORM(EarlyBird):
         self.trigger_epoch: int | None = None
         self.filters = [producing_layer(model, layer) for layer in self.layers] if truncate_filters else []
         self._keep: list[torch.Tensor] = []  # per layer: True where the channel is not static
+        self._zero_params: dict[tuple, torch.Tensor] = {}
 
     def static_channels(self) -> dict[str, torch.Tensor]:
         """Per-layer bool masks of the channels whose gradients are truncated (True = static)."""
@@ -99,7 +100,7 @@ class WORM(EarlyBird):
         grads, keep, params = [], [], []
         for layer, mask in zip(self.layers, self._keep):
             for tensor, sign_source in ((layer.gamma, layer.gamma), (layer.beta, None)):
-                if tensor.grad is not None:
+                if tensor is not None and tensor.grad is not None:
                     grads.append(tensor.grad)
                     keep.append(mask)
                     params.append(sign_source if sign_source is not None else self._zeros(tensor))
@@ -111,8 +112,7 @@ class WORM(EarlyBird):
 
     def _zeros(self, tensor: torch.Tensor) -> torch.Tensor:
         """Zeros standing in for beta's params: sign(0) = 0, so beta gets no L1 term."""
-        cache = self.__dict__.setdefault("_zero_params", {})
         key = (tensor.shape, tensor.device, tensor.dtype)
-        if key not in cache:
-            cache[key] = torch.zeros_like(tensor)
-        return cache[key]
+        if key not in self._zero_params:
+            self._zero_params[key] = torch.zeros_like(tensor)
+        return self._zero_params[key]
