@@ -78,19 +78,25 @@ class EarlyBird:
         self.single_ratio = isinstance(ratio, (int, float))
         self.trackers = [RatioTracker(r) for r in _check_ratios(ratio)]
         self.epoch = 0
-        self._all_kept = [torch.ones(layer.stop - layer.start, dtype=torch.bool, device=layer.gamma.device)
-                          for layer in self.layers]
+        self.prune_report = None
+        self._all_kept = self._keep_everything()
 
     # ----------------------------------------------------------------- per step
     def after_backward(self) -> None:
         """Add l1*sign(gamma) to every tracked scale's gradient (one fused call); before optimizer.step()."""
         if self.l1 == 0.0:
             return
+        if self._all_kept[0].device != self.layers[0].gamma.device:  # the model moved since __init__
+            self._all_kept = self._keep_everything()
         trainable = [(layer.gamma, keep) for layer, keep in zip(self.layers, self._all_kept)
                      if layer.gamma.grad is not None]
         if trainable:
             truncate_grads_([gamma.grad for gamma, _ in trainable], [keep for _, keep in trainable],
                             scale=1.0, params=[gamma for gamma, _ in trainable], l1=self.l1)
+
+    def _keep_everything(self) -> list[torch.Tensor]:
+        return [torch.ones(layer.stop - layer.start, dtype=torch.bool, device=layer.gamma.device)
+                for layer in self.layers]
 
     # ----------------------------------------------------------------- per epoch
     def epoch_end(self) -> bool:
@@ -143,6 +149,27 @@ class EarlyBird:
         """Per-layer bool masks (True = keep) of the newest mask for ``ratio`` (default: the first)."""
         flat = self._newest_mask(self._tracker(ratio))
         return {layer.name: flat[layer.start:layer.stop].clone() for layer in self.layers}
+
+    def prune(
+        self,
+        model: nn.Module | None = None,
+        *,
+        example_inputs: torch.Tensor,
+        ratio: float | None = None,
+        measure_latency: bool = True,
+    ) -> nn.Module:
+        """A physically smaller copy of ``model`` (default: the tracked one) without the pruned
+        channels of the newest mask; params, MACs and CPU latency before/after go to ``prune_report``.
+
+        BatchNorm channels are removed through Torch-Pruning's dependency graph; slimming
+        coefficients (transformers) remove attention heads and FFN neurons.
+        """
+        from sparseticket.methods.structured import prune_model
+
+        target = self.model if model is None else model
+        pruned, self.prune_report = prune_model(target, self.channel_mask(ratio), example_inputs,
+                                                measure_latency=measure_latency)
+        return pruned
 
     def _newest_mask(self, tracker: RatioTracker) -> torch.Tensor:
         if not tracker.masks:

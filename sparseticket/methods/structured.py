@@ -71,13 +71,13 @@ def prune_channels(
     """A physically smaller deep copy of `model` without the masked-out BN channels, and a report."""
     masks = _validate_masks(model, channel_masks)
     pruned = copy.deepcopy(model)
-    params_before, macs_before, latency_before = _measure(pruned, example_inputs, measure_latency)
+    params_before, macs_before, latency_before = measure_model(pruned, example_inputs, measure_latency)
     bns = {name: pruned.get_submodule(name) for name in masks}
     with _preserved_modes(pruned):
         graph = tp.DependencyGraph().build_dependency(pruned, example_inputs, verbose=False)
     keep = _coupled_keep(graph, bns, masks)
     _remove_channels(graph, bns, keep)
-    params_after, macs_after, latency_after = _measure(pruned, example_inputs, measure_latency)
+    params_after, macs_after, latency_after = measure_model(pruned, example_inputs, measure_latency)
     report = PruneReport(
         params_before, params_after, macs_before, macs_after, latency_before, latency_after, keep
     )
@@ -117,8 +117,8 @@ def _preserved_modes(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _measure(model: nn.Module, example_inputs: torch.Tensor, measure_latency: bool) -> tuple[int, int, float]:
-    """Parameter count, MACs and (optionally, else NaN) median eval-mode latency in ms."""
+def measure_model(model: nn.Module, example_inputs: torch.Tensor, measure_latency: bool) -> tuple[int, int, float]:
+    """Parameter count, MACs (Torch-Pruning's counter) and median eval-mode latency in ms (NaN if not measured)."""
     params = sum(p.numel() for p in model.parameters())
     with _preserved_modes(model):
         macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
@@ -220,3 +220,30 @@ def _remove_channels(
             raise RuntimeError(
                 f"{name}: {bn.num_features} channels left after pruning, expected {int(keep[name].sum())}"
             )
+
+
+def prune_model(
+    model: nn.Module,
+    channel_masks: dict[str, torch.Tensor],
+    example_inputs: torch.Tensor,
+    *,
+    measure_latency: bool = True,
+) -> tuple[nn.Module, PruneReport]:
+    """Prune BatchNorm channels (``prune_channels``) or transformer heads/FFN neurons
+    (``prune_transformer``, for slimming coefficients), whichever the masks name."""
+    from sparseticket.methods.bn_channels import ChannelCoefficients
+
+    modules = dict(model.named_modules())
+    slimming = {name for name in channel_masks if isinstance(modules.get(name), ChannelCoefficients)}
+    if not slimming:
+        return prune_channels(model, channel_masks, example_inputs, measure_latency=measure_latency)
+    if slimming != set(channel_masks):
+        raise ValueError("channel_masks mixes BatchNorm channels and slimming coefficients; "
+                         "prune a model that has one kind")
+    from sparseticket.methods.transformer import prune_transformer
+
+    before = measure_model(model, example_inputs, measure_latency)
+    pruned = prune_transformer(model, channel_masks)
+    after = measure_model(pruned, example_inputs, measure_latency)
+    kept = {name: mask.detach().cpu().clone() for name, mask in channel_masks.items()}
+    return pruned, PruneReport(before[0], after[0], before[1], after[1], before[2], after[2], kept)

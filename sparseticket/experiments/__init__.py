@@ -1,0 +1,1 @@
+"""Built-in models and data for experiments: scikit-learn's digits, small CNNs and a transformer."""

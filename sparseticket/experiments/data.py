@@ -1,0 +1,44 @@
+"""scikit-learn's bundled digits (1,797 8x8 images, 10 classes): real data that needs no download."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+@dataclass
+class Split:
+    """Train and test tensors of one dataset: images [N, 1, 8, 8] in [0, 1], labels [N]."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: int
+
+    def train_loader(self, batch_size: int = 64, seed: int = 0) -> DataLoader:
+        """Shuffled training batches; the order is fixed by ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(TensorDataset(self.train_images, self.train_labels), batch_size=batch_size,
+                          shuffle=True, generator=generator)
+
+    def test_loader(self, batch_size: int = 512) -> DataLoader:
+        """Test batches in order."""
+        return DataLoader(TensorDataset(self.test_images, self.test_labels), batch_size=batch_size)
+
+
+def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> Split:
+    """The digits set, scaled to [0, 1], split into train/test by a seeded permutation."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    test_count = int(len(labels) * test_fraction)
+    test, train = order[:test_count], order[test_count:]
+    return Split(images[train], labels[train], images[test], labels[test], classes=10)
