@@ -1,7 +1,16 @@
 """Lottery-ticket methods that plug into any training loop (they never own the loop)."""
 
 from sparseticket.methods.earlybird import EarlyBird
-from sparseticket.methods.structured import PruneReport, prune_channels
+from sparseticket.methods.structured import PruneReport, prune_channels, prune_model
+from sparseticket.methods.transformer import attach_slimming, prune_transformer
 from sparseticket.methods.worm import WORM
 
-__all__ = ["WORM", "EarlyBird", "PruneReport", "prune_channels"]
+__all__ = [
+    "WORM",
+    "EarlyBird",
+    "PruneReport",
+    "attach_slimming",
+    "prune_channels",
+    "prune_model",
+    "prune_transformer",
+]

@@ -50,7 +50,7 @@ class PruneReport:
             lines.append(f"{label:<14}{_fmt(before):>14}{_fmt(after):>14}{_fmt(ratio):>14}")
         kept = sum(int(m.sum()) for m in self.kept_channels.values())
         total = sum(m.numel() for m in self.kept_channels.values())
-        lines.append(f"channels kept: {kept}/{total} in {len(self.kept_channels)} BatchNorm layers")
+        lines.append(f"channels kept: {kept}/{total} in {len(self.kept_channels)} tracked layers")
         return "\n".join(lines)
 
 
