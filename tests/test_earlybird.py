@@ -167,3 +167,31 @@ def test_worm_arguments():
         WORM(two_bn_model(), static="always")
     with pytest.raises(ValueError, match="no Conv/Linear with 4 outputs"):
         WORM(nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(4)), truncate_filters=True)
+
+
+def test_worm_on_transformer_slimming_coefficients():
+    from sparseticket.experiments.transformer_model import TinyTransformer
+    from sparseticket.methods import attach_slimming
+
+    torch.manual_seed(0)
+    model = TinyTransformer(64, 10, dim=16, heads=4, ffn=8, layers=2)
+    names = attach_slimming(model)
+    worm = WORM.for_transformers(model, trigger=1.0)
+    assert (worm.queue, worm.eps, worm.chi) == (3, 0.01, 0.01)
+    with torch.no_grad():  # distinct coefficients: a well-defined mask
+        for index, name in enumerate(names):
+            coefficients = model.get_submodule(name).weight
+            coefficients.copy_(torch.linspace(0.1, 1.0, coefficients.numel()) + index)
+    for _ in range(3):
+        worm.epoch_end()
+    assert worm.truncating
+    model(torch.rand(4, 1, 8, 8)).sum().backward()
+    before = {name: model.get_submodule(name).weight.grad.clone() for name in names}
+    worm.after_backward()
+    static = worm.static_channels()
+    for name in names:
+        coefficients = model.get_submodule(name).weight
+        factor = torch.where(static[name], 0.01, 1.0)
+        expected = (before[name] + 1e-4 * torch.sign(coefficients.detach())) * factor
+        torch.testing.assert_close(coefficients.grad, expected, rtol=1e-6, atol=1e-8)
+    assert any(mask.any() for mask in static.values())

@@ -68,6 +68,12 @@ class WORM(EarlyBird):
         self._keep: list[torch.Tensor] = []  # per layer: True where the channel is not static
         self._zero_params: dict[tuple, torch.Tensor] = {}
 
+    @classmethod
+    def for_transformers(cls, model: nn.Module, **overrides) -> WORM:
+        """WORM with the paper's transformer settings: queue 3, stop at 0.01, trigger 0.015, chi 0.01."""
+        settings = {"queue": 3, "eps": 0.01, "trigger": 0.015, "chi": 0.01, **overrides}
+        return cls(model, **settings)
+
     def static_channels(self) -> dict[str, torch.Tensor]:
         """Per-layer bool masks of the channels whose gradients are truncated (True = static)."""
         flat = self._static_flat(self.trackers[0])
