@@ -1,0 +1,127 @@
+"""``Ticket``: the common result of every method, saved as safetensors (no pickle, atomic writes).
+
+Masks are keyed by parameter name (``"features.0.weight"``), True = kept. Gem-Miner tickets also
+carry scores and frozen flags; EarlyBird tickets carry channel masks keyed by BN module name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils import prune
+
+FORMAT = "sparseticket-ticket/1"
+_SECTIONS = {"mask": "masks", "score": "scores", "channel": "channel_masks"}
+
+
+@dataclass
+class Ticket:
+    """Per-layer masks plus how they were found (method and hyper-parameters)."""
+
+    masks: dict[str, torch.Tensor]
+    method: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    channel_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for section in ("masks", "channel_masks"):
+            for name, mask in getattr(self, section).items():
+                if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                    raise ValueError(f"{section}[{name!r}] must be a bool tensor")
+
+    def density_per_layer(self) -> dict[str, float]:
+        """Fraction of kept weights of each masked parameter."""
+        return {name: mask.float().mean().item() for name, mask in self.masks.items()}
+
+    def density(self) -> float:
+        """Fraction of kept weights over all masked parameters."""
+        total = sum(mask.numel() for mask in self.masks.values())
+        return sum(int(mask.sum()) for mask in self.masks.values()) / max(total, 1)
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` as safetensors; atomic (a temporary file renamed into place)."""
+        tensors = {}
+        for prefix, section in _SECTIONS.items():
+            for name, tensor in getattr(self, section).items():
+                tensors[f"{prefix}/{name}"] = tensor.detach().cpu().contiguous()
+        metadata = {"format": FORMAT, "method": self.method,
+                    "hyperparameters": json.dumps(self.hyperparameters, sort_keys=True)}
+        directory = os.path.dirname(os.path.abspath(path))
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".ticket-", suffix=".tmp")
+        os.close(handle)
+        try:
+            save_file(tensors, temporary, metadata=metadata)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Ticket:
+        """Read a ticket written by ``save``; ValueError if the file is not a complete ticket."""
+        try:
+            tensors = load_file(os.fspath(path))
+            from safetensors import safe_open
+
+            with safe_open(os.fspath(path), "pt") as handle:
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ValueError(f"{path} is not a valid ticket file (truncated or corrupted?): {error}") from error
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a sparseticket ticket (format {metadata.get('format')!r})")
+        sections: dict[str, dict[str, torch.Tensor]] = {section: {} for section in _SECTIONS.values()}
+        for key, tensor in tensors.items():
+            prefix, _, name = key.partition("/")
+            if prefix not in _SECTIONS:
+                raise ValueError(f"{path}: unexpected entry {key!r}")
+            sections[_SECTIONS[prefix]][name] = tensor
+        return cls(method=metadata.get("method", ""), hyperparameters=json.loads(metadata["hyperparameters"]),
+                   **sections)
+
+    # ----------------------------------------------------------------- models
+    def _parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        parameters = dict(model.named_parameters())
+        for name, mask in self.masks.items():
+            if name not in parameters:
+                raise ValueError(f"masks[{name!r}]: the model has no such parameter")
+            if parameters[name].shape != mask.shape:
+                raise ValueError(f"masks[{name!r}]: shape {tuple(mask.shape)} does not match the "
+                                 f"parameter's {tuple(parameters[name].shape)}")
+        return parameters
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned weights of ``model`` in place (and gamma/beta of pruned channels)."""
+        parameters = self._parameters(model)
+        for name, mask in self.masks.items():
+            parameters[name].mul_(mask.to(parameters[name].device))
+        modules = dict(model.named_modules())
+        for name, mask in self.channel_masks.items():
+            module = modules.get(name)
+            if module is None or getattr(module, "weight", None) is None or module.weight.shape != mask.shape:
+                raise ValueError(f"channel_masks[{name!r}]: no module with {mask.numel()} channel scales")
+            module.weight.mul_(mask.to(module.weight.device))
+            if getattr(module, "bias", None) is not None:
+                module.bias.mul_(mask.to(module.bias.device))
+        return model
+
+    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        """Register the masks as ``torch.nn.utils.prune`` masks (``weight_orig`` + ``weight_mask``)."""
+        self._parameters(model)
+        for name, mask in self.masks.items():
+            module_name, _, parameter_name = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            prune.custom_from_mask(module, parameter_name, mask.to(getattr(module, parameter_name).device))
+        return model
