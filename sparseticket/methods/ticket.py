@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import prune
+
+from sparseticket.ops import truncate_grads_
 
 FORMAT = "sparseticket-ticket/1"
 _SECTIONS = {"mask": "masks", "score": "scores", "channel": "channel_masks"}
@@ -125,3 +128,17 @@ class Ticket:
             module = model.get_submodule(module_name)
             prune.custom_from_mask(module, parameter_name, mask.to(getattr(module, parameter_name).device))
         return model
+
+    def gradient_mask(self, model: nn.Module) -> Callable[[], None]:
+        """A hook for fine-tuning: call it between backward and ``optimizer.step()`` to zero the
+        gradients of pruned weights (one fused call). With weights zeroed by ``apply``, SGD with
+        momentum and weight decay then keeps them exactly zero."""
+        parameters = self._parameters(model)
+        targets = [(parameters[name], mask.to(parameters[name].device)) for name, mask in self.masks.items()]
+
+        def mask_gradients() -> None:
+            present = [(parameter.grad, mask) for parameter, mask in targets if parameter.grad is not None]
+            if present:
+                truncate_grads_([grad for grad, _ in present], [mask for _, mask in present], scale=0.0)
+
+        return mask_gradients
