@@ -1,0 +1,97 @@
+"""Ticket: safetensors round trip, apply to a fresh model, torch prune export, corrupt files, atomicity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparseticket.experiments.models import vgg_small
+from sparseticket.methods import Ticket
+
+
+def _ticket(model: nn.Module, seed: int = 0) -> Ticket:
+    generator = torch.Generator().manual_seed(seed)
+    masks = {name: torch.rand(p.shape, generator=generator) > 0.7
+             for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1}
+    scores = {name: torch.rand(mask.shape, generator=generator) for name, mask in masks.items()}
+    return Ticket(masks, "test", {"density": 0.3, "note": "x"}, scores=scores,
+                  channel_masks={"1": torch.rand(4, generator=generator) > 0.5})
+
+
+def test_round_trip_apply_gives_identical_masks_and_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = vgg_small(width=4)
+    ticket = _ticket(model)
+    path = tmp_path / "ticket.safetensors"
+    ticket.save(path)
+    loaded = Ticket.load(path)
+    assert loaded.method == "test" and loaded.hyperparameters == {"density": 0.3, "note": "x"}
+    for section in ("masks", "scores", "channel_masks"):
+        assert getattr(loaded, section).keys() == getattr(ticket, section).keys()
+        for name, tensor in getattr(ticket, section).items():
+            assert torch.equal(getattr(loaded, section)[name], tensor)
+    fresh_a, fresh_b = vgg_small(width=4), vgg_small(width=4)
+    fresh_b.load_state_dict(fresh_a.state_dict())
+    ticket.apply(fresh_a).eval()
+    loaded.apply(fresh_b).eval()
+    images = torch.rand(3, 1, 8, 8)
+    assert torch.equal(fresh_a(images), fresh_b(images))
+    parameters = dict(fresh_a.named_parameters())
+    for name, mask in ticket.masks.items():
+        assert (parameters[name][~mask] == 0).all()
+    assert (fresh_a[1].weight[~ticket.channel_masks["1"]] == 0).all()
+    assert ticket.density_per_layer().keys() == ticket.masks.keys()
+    assert abs(ticket.density() - 0.3) < 0.05
+
+
+def test_export_as_torch_prune_masks():
+    model = vgg_small(width=4)
+    ticket = _ticket(model)
+    ticket.to_torch_prune(model)
+    assert torch.equal(model[0].weight_mask, ticket.masks["0.weight"].float())
+    assert (model[0].weight[~ticket.masks["0.weight"]] == 0).all()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_header", "not_safetensors"])
+def test_damaged_file_raises_clear_error(tmp_path, damage):
+    path = tmp_path / "ticket.safetensors"
+    _ticket(vgg_small(width=4)).save(path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip_header":
+        data = data[:8] + b"#" + data[9:]
+    else:
+        data = b"just some text"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="not a valid ticket file|not a sparseticket ticket"):
+        Ticket.load(path)
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "ticket.safetensors"
+    ticket = _ticket(vgg_small(width=4))
+    ticket.save(path)
+    before = path.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("sparseticket.methods.ticket.save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        _ticket(vgg_small(width=4), seed=1).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ticket.safetensors"]
+
+
+def test_mismatched_model_and_bad_masks():
+    ticket = _ticket(vgg_small(width=4))
+    with pytest.raises(ValueError, match="does not match"):
+        ticket.apply(vgg_small(width=8))
+    with pytest.raises(ValueError, match="no such parameter"):
+        ticket.apply(nn.Sequential(nn.Identity(), nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="must be a bool tensor"):
+        Ticket({"w": torch.ones(3)}, "test")
+    with pytest.raises(FileNotFoundError):
+        Ticket.load("/nonexistent/ticket.safetensors")
