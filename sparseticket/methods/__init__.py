@@ -1,8 +1,17 @@
 """Lottery-ticket methods that plug into any training loop (they never own the loop)."""
 
+from sparseticket.methods.baselines import (
+    grasp_ticket,
+    magnitude_ticket,
+    random_ticket,
+    smart_ratio_ticket,
+    snip_ticket,
+    synflow_ticket,
+)
 from sparseticket.methods.earlybird import EarlyBird
 from sparseticket.methods.gemminer import GemMiner
 from sparseticket.methods.ticket import Ticket
+from sparseticket.methods.sanity import inverted_ticket, reinitialized, sanity_checks, shuffled_ticket
 from sparseticket.methods.structured import PruneReport, prune_channels, prune_model
 from sparseticket.methods.transformer import attach_slimming, prune_transformer
 from sparseticket.methods.worm import WORM
@@ -14,6 +23,16 @@ __all__ = [
     "PruneReport",
     "Ticket",
     "attach_slimming",
+    "grasp_ticket",
+    "inverted_ticket",
+    "magnitude_ticket",
+    "random_ticket",
+    "reinitialized",
+    "sanity_checks",
+    "shuffled_ticket",
+    "smart_ratio_ticket",
+    "snip_ticket",
+    "synflow_ticket",
     "prune_channels",
     "prune_model",
     "prune_transformer",
