@@ -10,13 +10,20 @@ from sparseticket.methods.baselines import (
 )
 from sparseticket.methods.earlybird import EarlyBird
 from sparseticket.methods.gemminer import GemMiner
+from sparseticket.methods.imp import IMP
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.sanity import inverted_ticket, reinitialized, sanity_checks, shuffled_ticket
+from sparseticket.methods.stability import STABLE_BARRIER, Barrier, error_barrier, instability
 from sparseticket.methods.structured import PruneReport, prune_channels, prune_model
 from sparseticket.methods.transformer import attach_slimming, prune_transformer
 from sparseticket.methods.worm import WORM
 
 __all__ = [
+    "IMP",
+    "STABLE_BARRIER",
+    "Barrier",
+    "error_barrier",
+    "instability",
     "WORM",
     "EarlyBird",
     "GemMiner",

@@ -1,0 +1,212 @@
+"""IMP with rewinding: exact global masks (NumPy reference), densities, rewinding, pinned zeros."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparseticket.experiments.data import load_digits_split
+from sparseticket.experiments.models import vgg_small
+from sparseticket.experiments.training import train_epoch
+from sparseticket.methods.imp import IMP
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    """Linear(6->12)-ReLU-Linear(12->9)-ReLU-Linear(9->4): three prunable weights, the last the output."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4))
+
+
+def reference_masks(weights: list[np.ndarray], rate: float, rounds: int) -> list[np.ndarray]:
+    """Global magnitude pruning by a stable sort of all |w| (pruned = inf), ties by global index."""
+    sizes = [weight.size for weight in weights]
+    magnitudes = np.concatenate([np.abs(weight).ravel() for weight in weights])
+    keep = np.ones(magnitudes.size, dtype=bool)
+    for _ in range(rounds):
+        count = math.ceil(rate * int(keep.sum()))
+        order = np.argsort(np.where(keep, magnitudes, np.inf), kind="stable")
+        keep[order[:count]] = False
+    splits = np.split(keep, np.cumsum(sizes)[:-1])
+    return [split.reshape(weight.shape) for split, weight in zip(splits, weights)]
+
+
+def set_tied_weights(model: nn.Module, generator: torch.Generator) -> None:
+    """Random weights from a few distinct magnitudes and signs, so many entries tie."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            values = torch.randint(1, 6, parameter.shape, generator=generator).float() / 8
+            signs = torch.randint(0, 2, parameter.shape, generator=generator).float() * 2 - 1
+            parameter.copy_(values * signs)
+
+
+@pytest.mark.parametrize("exclude", [(), ("output",)])
+@pytest.mark.parametrize("tied", [False, True])
+def test_masks_match_numpy_global_sort(exclude, tied, generator):
+    model = mlp()
+    if tied:
+        set_tied_weights(model, generator)
+    layers = [model[0], model[2], model[4]][: 3 - len(exclude)]
+    initial = [layer.weight.detach().numpy().copy() for layer in layers]
+    imp = IMP(model, rate=0.3, exclude=exclude)
+    for rounds in range(1, 6):
+        imp.prune_round()
+        expected = reference_masks(initial, 0.3, rounds)
+        for mask, reference in zip(imp.masks, expected):
+            np.testing.assert_array_equal(mask.numpy(), reference)
+    assert len(imp.masks) == len(layers)
+    if exclude:
+        assert (model[4].weight != 0).all()
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.35, 0.5])
+def test_density_follows_the_rate_exactly(rate):
+    model = vgg_small(width=8)
+    imp = IMP(model, rate=rate)
+    total = sum(mask.numel() for mask in imp.masks)
+    survivors = total
+    for rounds in range(1, 9):
+        survivors -= math.ceil(rate * survivors)
+        assert imp.prune_round() == survivors / total
+        assert imp.survivors() == survivors and imp.round == rounds
+        assert sum(int((layer.weight == 0).sum()) for layer in [model[0], model[3], model[7], model[10]]) \
+            == total - survivors
+
+
+def test_prunes_down_to_nothing_then_refuses():
+    model = nn.Sequential(nn.Linear(2, 1, bias=False))
+    imp = IMP(model, rate=0.5, exclude=())
+    assert imp.prune_round() == 0.5
+    assert imp.prune_round() == 0.0
+    with pytest.raises(ValueError, match="no surviving weights"):
+        imp.prune_round()
+
+
+def sgd_steps(model: nn.Module, imp: IMP, optimizer: torch.optim.Optimizer, steps: int, seed: int) -> None:
+    """``steps`` regression steps on random data with the IMP hooks."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        inputs = torch.randn(16, 6, generator=generator)
+        targets = torch.randn(16, 4, generator=generator)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(inputs), targets).backward()
+        imp.after_backward()
+        optimizer.step()
+        imp.after_step()
+
+
+def test_rewind_restores_weights_and_optimizer_state():
+    model = mlp()
+    imp = IMP(model, rate=0.2, rewind_step=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    sgd_steps(model, imp, optimizer, 3, seed=0)
+    scheduler.step()
+    imp.capture(optimizer, scheduler)
+    captured = copy.deepcopy(model.state_dict())
+    captured_optimizer = copy.deepcopy(optimizer.state_dict())
+    sgd_steps(model, imp, optimizer, 20, seed=1)
+    scheduler.step()
+    imp.prune_round()
+    imp.rewind()
+    for mask, layer in zip(imp.masks, [model[0], model[2]]):
+        name = "0.weight" if layer is model[0] else "2.weight"
+        assert torch.equal(layer.weight[mask], captured[name][mask])
+        assert (layer.weight[~mask] == 0).all() and (~mask).any()
+    for key in ("0.bias", "2.bias", "4.weight", "4.bias"):
+        assert torch.equal(model.state_dict()[key], captured[key])
+    assert scheduler.last_epoch == 1 and optimizer.param_groups[0]["lr"] == 0.025
+    for index, state in captured_optimizer["state"].items():
+        assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"])
+    # a second round rewinds to the same state: training after the first rewind did not edit it
+    sgd_steps(model, imp, optimizer, 5, seed=2)
+    imp.rewind()
+    for index, state in captured_optimizer["state"].items():
+        assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"])
+
+
+def test_pruned_weights_stay_exactly_zero_under_momentum_and_weight_decay():
+    model = mlp()
+    imp = IMP(model, rate=0.5, rewind_step=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sgd_steps(model, imp, optimizer, 5, seed=0)
+    imp.capture(optimizer)  # momentum buffers of soon-pruned weights are nonzero here
+    sgd_steps(model, imp, optimizer, 10, seed=1)
+    imp.prune_round()
+    imp.rewind()
+    sgd_steps(model, imp, optimizer, 100, seed=2)
+    for mask, layer in zip(imp.masks, [model[0], model[2]]):
+        assert (layer.weight[~mask] == 0).all()
+        assert (layer.weight.grad[~mask] == 0).all()
+        assert (layer.weight[mask] != 0).all()
+
+
+def test_after_step_is_needed_after_a_rewind_with_momentum():
+    model = mlp()
+    imp = IMP(model, rate=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sgd_steps(model, imp, optimizer, 5, seed=0)
+    imp.capture(optimizer)
+    imp.prune_round()
+    imp.rewind()
+    optimizer.zero_grad()
+    model(torch.randn(8, 6)).sum().backward()
+    imp.after_backward()
+    optimizer.step()
+    pruned = model[0].weight[~imp.masks[0]]
+    assert (pruned != 0).any()  # the restored momentum moved them despite zero gradients
+    imp.after_step()
+    assert (model[0].weight[~imp.masks[0]] == 0).all()
+
+
+def test_ticket_applied_to_a_fresh_model_gives_the_same_weights():
+    split = load_digits_split()
+    torch.manual_seed(0)
+    model = vgg_small(width=8)
+    initial = copy.deepcopy(model)
+    imp = IMP(model, rate=0.2)
+    imp.capture()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    train_epoch(model, split.train_loader(seed=0), optimizer, after_backward=imp.after_backward)
+    imp.prune_round()
+    imp.prune_round()
+    imp.rewind()
+    ticket = imp.ticket()
+    assert ticket.method == "imp"
+    assert ticket.hyperparameters == {"rate": 0.2, "rewind_step": 0, "rounds": 2, "exclude": ["output"]}
+    assert set(ticket.masks) == {"0.weight", "3.weight", "7.weight", "10.weight"}
+    assert ticket.density() == imp.density == pytest.approx(0.64, abs=1e-3)
+    ticket.apply(initial)
+    for (name, expected), actual in zip(model.state_dict().items(), initial.state_dict().values()):
+        assert torch.equal(actual, expected), name
+
+
+def test_bad_arguments_raise():
+    model = mlp()
+    for rate in (0, 1, -0.1, 1.5):
+        with pytest.raises(ValueError, match="rate must be in"):
+            IMP(model, rate=rate)
+    with pytest.raises(TypeError, match="rate must be a float"):
+        IMP(model, rate="0.2")
+    with pytest.raises(ValueError, match="rewind_step must be >= 0"):
+        IMP(model, rewind_step=-1)
+    with pytest.raises(TypeError, match="rewind_step must be an int"):
+        IMP(model, rewind_step=1.5)
+    with pytest.raises(TypeError, match="exclude must be"):
+        IMP(model, exclude="output")
+    with pytest.raises(ValueError, match="exclude: 'nope'"):
+        IMP(model, exclude=("nope",))
+    with pytest.raises(TypeError, match="model must be"):
+        IMP("model")
+    with pytest.raises(TypeError, match="float32/float16/bfloat16"):
+        IMP(mlp().double())
+    with pytest.raises(ValueError, match="call capture"):
+        IMP(model).rewind()
+    with torch.no_grad():
+        model[0].weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        IMP(model, rate=0.9).prune_round()
