@@ -1,0 +1,141 @@
+"""PNG plots of ticket-search runs: mask distances per epoch, accuracy vs density, per-layer densities.
+
+Needs matplotlib (imported lazily, Agg canvas; no pyplot state). Each function writes its PNG atomically
+(a temp file in the same directory, then ``os.replace``) and returns the path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+STOP_COLOR = "tab:red"
+TRIGGER_COLOR = "tab:green"
+
+
+def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop_epochs: Mapping[str, int | None],
+                        path: str | Path, trigger_epochs: Mapping[str, int | None] | None = None, *,
+                        eps: float | None = None, title: str = "Mask distance to the queue per epoch") -> Path:
+    """One subplot per method: max and mean distance of the newest mask to the queue (``eb.history``) per epoch."""
+    if not histories or any(not any(len(d) for d in history) for history in histories.values()):
+        raise ValueError("histories must map at least one method to a history with at least one distance")
+    trigger_epochs = trigger_epochs or {}
+    figure = _figure(figsize=(5.0 * len(histories), 4.0))
+    from matplotlib.ticker import MaxNLocator
+
+    axes = figure.subplots(1, len(histories), squeeze=False, sharey=True)[0]
+    for axis, (method, history) in zip(axes, histories.items()):
+        epochs = range(1, len(history) + 1)
+        axis.plot(epochs, [max(d) if d else math.nan for d in history], "o-", label="max distance")
+        axis.plot(epochs, [sum(d) / len(d) if d else math.nan for d in history], "s--", label="mean distance")
+        if eps is not None:
+            axis.axhline(eps, color="gray", linestyle=":", label=f"eps = {eps:g}")
+        if trigger_epochs.get(method) is not None:
+            axis.axvline(trigger_epochs[method], color=TRIGGER_COLOR, linestyle="-.",
+                         label=f"trigger (epoch {trigger_epochs[method]})")
+        if stop_epochs.get(method) is not None:
+            axis.axvline(stop_epochs[method], color=STOP_COLOR, label=f"ticket drawn (epoch {stop_epochs[method]})")
+        marked = [epoch for epoch in (stop_epochs.get(method), trigger_epochs.get(method)) if epoch is not None]
+        axis.set_xlim(0.5, max([len(history), *marked]) + 0.5)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_title(method if stop_epochs.get(method) is not None else f"{method} (no ticket drawn)")
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    axes[0].set_ylabel("normalised Hamming distance")
+    axes[0].set_ylim(bottom=0)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, *,
+                             title: str = "Test accuracy vs density") -> Path:
+    """One line per method: test accuracy (fraction in [0, 1]) against density (fraction in (0, 1], log x-axis)."""
+    if not results or any(not points for points in results.values()):
+        raise ValueError("results must map at least one method to at least one (density, accuracy) point")
+    for method, points in results.items():
+        if any(not 0 < density <= 1 or not 0 <= accuracy <= 1 for density, accuracy in points):
+            raise ValueError(f"{method}: densities must be fractions in (0, 1] and accuracies in [0, 1], got {points}")
+    figure = _figure(figsize=(6.5, 4.5))
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    axis = figure.subplots()
+    for method, points in results.items():
+        densities, accuracies = zip(*sorted(points, reverse=True))
+        axis.plot([100 * d for d in densities], [100 * a for a in accuracies], "o-", label=method)
+    axis.set_xscale("log")
+    lowest = min(100 * density for points in results.values() for density, _ in points)
+    axis.xaxis.set_major_locator(FixedLocator(_one_two_five(lowest)))
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.invert_xaxis()  # dense on the left, sparse on the right
+    axis.set_xlabel("density (% of weights kept, log scale)")
+    axis.set_ylabel("test accuracy (%)")
+    axis.set_ylim(top=min(axis.get_ylim()[1], 101))
+    axis.set_title(title)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    return _save(figure, path)
+
+
+def plot_layer_densities(densities: Mapping[str, float], path: str | Path, title: str) -> Path:
+    """Horizontal bars: density (fraction in [0, 1], shown in %) of each layer, in the given order."""
+    if not densities:
+        raise ValueError("densities must name at least one layer")
+    if any(not 0 <= density <= 1 for density in densities.values()):
+        raise ValueError(f"densities must be fractions in [0, 1], got {dict(densities)}")
+    names, values = list(densities), [100 * density for density in densities.values()]
+    figure = _figure(figsize=(7.0, 1.5 + 0.3 * len(names)))
+    axis = figure.subplots()
+    bars = axis.barh(range(len(names)), values, color="tab:blue")
+    axis.bar_label(bars, labels=[f"{value:.1f}%" for value in values], padding=3, fontsize="small")
+    axis.set_yticks(range(len(names)), names, fontsize="small")
+    axis.invert_yaxis()  # first layer on top
+    axis.set_xlim(0, 112)
+    axis.set_xlabel("density (% of weights kept)")
+    axis.set_ylabel("layer")
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="x")
+    return _save(figure, path)
+
+
+def _one_two_five(lowest: float) -> list[float]:
+    """Tick values 100, 50, 20, 10, 5, 2, 1, 0.5, ... reaching ``lowest`` or below."""
+    ticks = [100.0]
+    exponent = 1
+    while ticks[-1] > lowest:
+        ticks += [round(mantissa * 10.0 ** exponent, 12) for mantissa in (5, 2, 1)]
+        exponent -= 1
+    return ticks
+
+
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib Figure on an Agg canvas, with constrained layout; a clear ImportError without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"sparseticket plots need matplotlib: pip install 'matplotlib>=3.6' ({error})") from error
+
+    figure = Figure(figsize=figsize, dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    """Write the figure as a PNG to path atomically (temp file in the same directory, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            figure.savefig(file, format="png")
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return path
