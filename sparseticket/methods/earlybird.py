@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,8 @@ class EarlyBird:
     ``after_backward``); ``queue``: masks kept; ``eps``: the ticket is drawn when the newest mask
     is within ``eps`` (normalised Hamming distance) of every older mask of a full queue.
     """
+
+    METHOD = "earlybird"  # the tag of state_dict(): a state loads only into the same method
 
     def __init__(
         self,
@@ -125,6 +128,55 @@ class EarlyBird:
 
     def _queue_full(self, tracker: RatioTracker) -> bool:
         return len(tracker.distances) == self.queue - 1
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot of everything ``epoch_end`` changes (tensors and plain values only)."""
+        return {
+            "method": self.METHOD,
+            "channels": self.channels,
+            "queue": self.queue,
+            "epoch": self.epoch,
+            "trackers": [{
+                "ratio": tracker.ratio,
+                "masks": [mask.clone() for mask in tracker.masks],
+                "static_runs": None if tracker.static_runs is None else tracker.static_runs.clone(),
+                "distances": list(tracker.distances),
+                "history": [list(distances) for distances in tracker.history],
+                "found_epoch": tracker.found_epoch,
+            } for tracker in self.trackers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a copy of a ``state_dict()`` of the same method, ratios, queue and channel count."""
+        if not isinstance(state, dict) or state.get("method") != self.METHOD:
+            found = state.get("method") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state of method {found!r}, "
+                             f"expected {self.METHOD!r}")
+        ratios = [tracker["ratio"] for tracker in state["trackers"]]
+        expected = (self.channels, self.queue, [tracker.ratio for tracker in self.trackers])
+        if (state["channels"], state["queue"], ratios) != expected:
+            raise ValueError(f"{type(self).__name__} state mismatch: (channels, queue, ratios) "
+                             f"{(state['channels'], state['queue'], ratios)} != {expected}")
+        device = self.layers[0].gamma.device
+        packed_shape = ((self.channels + 7) // 8,)
+        trackers = []
+        for saved in state["trackers"]:
+            static_runs = saved["static_runs"]
+            if (len(saved["masks"]) > self.queue - 1 or any(m.shape != packed_shape for m in saved["masks"])
+                    or (static_runs is not None and static_runs.shape != (self.channels,))):
+                raise ValueError(f"{type(self).__name__} state mismatch: masks or static_runs of ratio "
+                                 f"{saved['ratio']} do not fit {self.channels} channels and queue {self.queue}")
+            trackers.append(RatioTracker(
+                saved["ratio"],
+                masks=[mask.to(device, copy=True) for mask in saved["masks"]],
+                static_runs=None if static_runs is None else static_runs.to(device, copy=True),
+                distances=list(saved["distances"]),
+                history=[list(distances) for distances in saved["history"]],
+                found_epoch=saved["found_epoch"],
+            ))
+        self.trackers = trackers
+        self.epoch = state["epoch"]
 
     # ----------------------------------------------------------------- results
     def _single(self, values: list):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,6 +149,39 @@ class GemMiner:
         freeze = below.clone()
         freeze[ties[: count - int(below.sum())]] = True
         self.flags &= ~freeze
+
+    # ----------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot of the scores, flags, momentum, learning rate and freezing progress.
+
+        The frozen weights are not in it: they are the model's own state
+        (``<layer>.parametrizations.weight.original``).
+        """
+        return {
+            "method": "gemminer",
+            "scores": self.scores.detach().clone(),
+            "flags": self.flags.clone(),
+            "momentum_buffer": self.momentum_buffer.clone(),
+            "lr": self.lr,
+            "freezes_done": self.freezes_done,
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()`` in place (``gm.scores`` stays the same Parameter)."""
+        if not isinstance(state, dict) or state.get("method") != "gemminer":
+            found = state.get("method") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"GemMiner.load_state_dict: state of method {found!r}, expected 'gemminer'")
+        for name, target in (("scores", self.scores), ("flags", self.flags),
+                             ("momentum_buffer", self.momentum_buffer)):
+            if state[name].shape != target.shape or state[name].dtype != target.dtype:
+                raise ValueError(f"GemMiner state mismatch: {name} is {tuple(state[name].shape)} "
+                                 f"{state[name].dtype}, this model needs {tuple(target.shape)} {target.dtype}")
+        self.scores.copy_(state["scores"])
+        self.flags.copy_(state["flags"])
+        self.momentum_buffer.copy_(state["momentum_buffer"])
+        self.lr = float(state["lr"])
+        self.freezes_done = int(state["freezes_done"])
 
     # ----------------------------------------------------------------- results
     @property

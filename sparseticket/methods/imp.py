@@ -176,6 +176,55 @@ class IMP:
         """Zero the pruned weights of the model in place (one fused call)."""
         truncate_grads_([weight.detach() for weight in self.weights], self.masks, scale=0.0)
 
+    # ------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot of the masks, the round and the captured model/optimizer/scheduler states."""
+        saved = self._saved
+        return {
+            "method": "imp",
+            "names": list(self.names),
+            "masks": [mask.clone() for mask in self.masks],
+            "round": self.round,
+            "captured": None if saved is None else {
+                "model": {key: value.clone() for key, value in saved["model"].items()},
+                "optimizer": None if saved["optimizer"] is None else copy.deepcopy(saved["optimizer"][1]),
+                "scheduler": None if saved["scheduler"] is None else copy.deepcopy(saved["scheduler"][1]),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None,
+                        scheduler: Any | None = None) -> None:
+        """Restore a copy of a ``state_dict()``; captured optimizer/scheduler states rewind the ones passed."""
+        if not isinstance(state, dict) or state.get("method") != "imp":
+            found = state.get("method") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"IMP.load_state_dict: state of method {found!r}, expected 'imp'")
+        shapes = [(name, tuple(mask.shape), mask.dtype) for name, mask in zip(state["names"], state["masks"])]
+        expected = [(name, tuple(mask.shape), mask.dtype) for name, mask in zip(self.names, self.masks)]
+        if shapes != expected:
+            raise ValueError(f"IMP state mismatch: masks {shapes} != this model's {expected}")
+        captured = state["captured"]
+        if captured is not None:
+            model_state = self.model.state_dict()
+            if ({key: tuple(value.shape) for key, value in captured["model"].items()}
+                    != {key: tuple(value.shape) for key, value in model_state.items()}):
+                raise ValueError("IMP state mismatch: the captured model state does not fit this model")
+            owners = {"optimizer": optimizer, "scheduler": scheduler}
+            for name, owner in owners.items():
+                if captured[name] is not None and owner is None:
+                    raise ValueError(f"IMP state holds a captured {name} state: pass the {name} to rewind")
+            self._saved = {
+                "model": {key: value.to(model_state[key].device, copy=True)
+                          for key, value in captured["model"].items()},
+                **{name: None if captured[name] is None else (owner, copy.deepcopy(captured[name]))
+                   for name, owner in owners.items()},
+            }
+        else:
+            self._saved = None
+        with torch.no_grad():
+            for mask, saved in zip(self.masks, state["masks"]):
+                mask.copy_(saved)
+        self.round = int(state["round"])
+
     # ------------------------------------------------------------ result
     def ticket(self) -> Ticket:
         """The current masks as a ``Ticket`` (method ``"imp"``), keyed by parameter name."""

@@ -7,6 +7,8 @@ on each step: ``g <- g * (m + chi * (1 - m))``. The ticket is drawn by EarlyBird
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -38,6 +40,8 @@ class WORM(EarlyBird):
     ``static="newest"``: channels pruned in the newest mask; ``"queue"``: pruned in every mask
     of the queue. ``chi=0`` truncates hard. ``worm.truncating`` says whether it has triggered.
     """
+
+    METHOD = "worm"
 
     def __init__(
         self,
@@ -94,9 +98,26 @@ class WORM(EarlyBird):
             self.truncating = True
             self.trigger_epoch = self.epoch
         if self.truncating:
-            keep = ~self._static_flat(tracker)
-            self._keep = [keep[layer.start:layer.stop].contiguous() for layer in self.layers]
+            self._refresh_keep()
         return found
+
+    def _refresh_keep(self) -> None:
+        """Per-layer keep masks (True = not static) from the newest mask of the queue."""
+        keep = ~self._static_flat(self.trackers[0])
+        self._keep = [keep[layer.start:layer.stop].contiguous() for layer in self.layers]
+
+    def state_dict(self) -> dict[str, Any]:
+        """EarlyBird's state plus the trigger state (the keep masks are rebuilt from the queue)."""
+        return {**super().state_dict(), "truncating": self.truncating, "trigger_epoch": self.trigger_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a WORM ``state_dict()``, then rebuild the keep masks of a triggered run."""
+        super().load_state_dict(state)
+        self.truncating = state["truncating"]
+        self.trigger_epoch = state["trigger_epoch"]
+        self._keep = []
+        if self.truncating:
+            self._refresh_keep()
 
     def after_backward(self) -> None:
         """EarlyBird's L1 on gamma; once triggered, also scale static channels' gradients by chi."""
