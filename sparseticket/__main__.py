@@ -1,6 +1,8 @@
-"""``python -m sparseticket``: for now, the tour of the fused ops (sparseticket.demo)."""
+"""``python -m sparseticket``: the command line (``sparseticket --help``)."""
 
-from sparseticket.demo import main
+import sys
+
+from sparseticket.cli.main import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

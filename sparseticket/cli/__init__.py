@@ -1,0 +1,1 @@
+"""The ``sparseticket`` command line: search, compare and info (a user of the methods layer)."""

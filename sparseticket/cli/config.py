@@ -1,0 +1,69 @@
+"""Run configuration: every hyper-parameter of a search, as one JSON-serialisable dataclass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+CHANNEL_METHODS = ("earlybird", "worm")
+WEIGHT_METHODS = ("gemminer", "imp")
+BASELINES = ("random", "smart_ratio", "magnitude", "snip", "grasp", "synflow")
+METHODS = CHANNEL_METHODS + WEIGHT_METHODS + BASELINES
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rerun a search (``config.json`` of a run folder)."""
+
+    method: str = "earlybird"
+    model: str = "vgg"
+    data: str = "digits"
+    data_dir: str | None = None
+    width: int = 16
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 30
+    finetune_epochs: int = 10
+    finetune_lr: float = 0.01
+    # EarlyBird / WORM
+    ratio: float = 0.5
+    l1: float = 1e-4
+    queue: int = 5
+    eps: float = 0.1
+    trigger: float = 0.15
+    chi: float = 0.003
+    static: str = "newest"
+    # weight tickets
+    density: float = 0.05
+    period: int = 5
+    l2: float = 1e-4
+    score_lr: float = 10.0
+    rate: float = 0.2
+    rewind_step: int = 0
+    round_epochs: int = 5
+
+    def to_json(self) -> str:
+        """Sorted, indented JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """Parse a config; unknown keys are an error (a config from another version)."""
+        values = json.loads(text)
+        known = {field.name for field in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"config has unknown keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def digest(self) -> str:
+        """Short hash of the config: run folders are named by it."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:8]
+
+    def run_name(self) -> str:
+        """Folder name: method, model, data, seed and the config hash."""
+        return f"{self.method}-{self.model}-{self.data}-s{self.seed}-{self.digest()}"

@@ -1,0 +1,181 @@
+"""``sparseticket search``: find a ticket, fine-tune it, evaluate it; checkpoint every epoch.
+
+A run folder holds ``config.json``, ``init.pt`` (the initial weights), ``checkpoint.pt`` (the
+latest epoch: phase, epoch, model, optimizer, method state, metrics), ``ticket.safetensors`` once
+the search ends, then ``metrics.csv``, ``summary.md`` and plots. Every file is written atomically,
+so an interrupted run (Ctrl-C included) resumes from its last finished epoch with the same
+result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparseticket.cli.config import RunConfig
+from sparseticket.cli.files import load_checkpoint, save_checkpoint, write_rows, write_text
+from sparseticket.cli.jobs import make_job
+from sparseticket.experiments.datasets import load_dataset
+from sparseticket.experiments.models import build_model
+from sparseticket.experiments.training import accuracy
+from sparseticket.methods import Ticket
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SearchResult:
+    """What a finished search reports."""
+
+    config: RunConfig
+    run_dir: Path
+    ticket: Ticket
+    accuracy: float
+    search_epochs: int
+    finetune_epochs: int
+    seconds: float
+    rows: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, progress: bool, label: str) -> float:
+    """One epoch; returns the mean training loss. ``step`` replaces ``optimizer.step`` when given."""
+    from tqdm import tqdm
+
+    model.train()
+    total, count = 0.0, 0
+    for images, labels in tqdm(loader, desc=label, leave=False, disable=not progress):
+        if optimizer is not None:
+            optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        after_backward()
+        step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    return total / max(count, 1)
+
+
+class Search:
+    """One run of one method, resumable from its run folder."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, log: Log = print, progress: bool = True) -> None:
+        self.config, self.run_dir, self.log, self.progress = config, run_dir, log, progress
+        self.checkpoint_path = run_dir / "checkpoint.pt"
+
+    def _model(self, data) -> nn.Module:
+        shape = data.train_images.shape
+        return build_model(self.config.model, classes=data.classes, in_channels=shape[1],
+                           image_size=shape[-1], width=self.config.width)
+
+    def run(self) -> SearchResult:
+        """Run (or resume) the search and the fine-tuning; write the run folder."""
+        config, run_dir = self.config, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.json", config.to_json())
+        start = time.perf_counter()
+        data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+        torch.manual_seed(config.seed)
+        model = self._model(data)
+        if not (run_dir / "init.pt").exists():
+            save_checkpoint(run_dir / "init.pt", model.state_dict())
+        initial = load_checkpoint(run_dir / "init.pt")
+        model.load_state_dict(initial)
+        job = make_job(config, model, data)
+        job.fresh_model = lambda: self._model(data)
+        state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+        rows: list[dict] = list(state["rows"]) if state else []
+        search_done_epoch = 0
+
+        if state is None or state["phase"] == "search":
+            first = 1
+            if state is not None:
+                model.load_state_dict(state["model"])
+                if job.optimizer is not None:
+                    job.optimizer.load_state_dict(state["optimizer"])
+                job.load_state_dict(state["method"])
+                first = state["epoch"] + 1
+                self.log(f"resuming {run_dir.name} at search epoch {first}")
+            search_done_epoch = first - 1
+            done = state is not None and state.get("search_done", False)
+            epoch = first - 1
+            search_start = time.perf_counter()
+            while not done and epoch < job.search_epochs:
+                epoch += 1
+                loss = _train_epoch(model, data.train_loader(config.batch_size, seed=config.seed * 100_003 + epoch),
+                                    job.optimizer, job.after_backward, job.step, self.progress,
+                                    f"search {epoch}/{job.search_epochs}")
+                done, metrics = job.epoch_end(epoch)
+                row = {"phase": "search", "epoch": epoch, "loss": round(loss, 6),
+                       "test_accuracy": round(accuracy(model, data.test_loader()), 6), **metrics}
+                rows.append(row)
+                self._log_row(row, job.search_epochs, search_start, first)
+                save_checkpoint(self.checkpoint_path, {
+                    "phase": "search", "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": job.optimizer.state_dict() if job.optimizer is not None else {},
+                    "method": job.state_dict(), "rows": rows, "search_done": done})
+            search_done_epoch = epoch
+            ticket = job.ticket()
+            ticket.save(run_dir / "ticket.safetensors")
+            save_checkpoint(run_dir / "searched.pt", {"model": model.state_dict(), "method": job.state_dict()})
+            state = None
+        ticket = Ticket.load(run_dir / "ticket.safetensors")
+        searched = load_checkpoint(run_dir / "searched.pt")
+        model.load_state_dict(searched["model"])
+        job.load_state_dict(searched["method"])
+        finetuned, hook = job.finetune_model(ticket, initial, data.test_images[:16])
+        optimizer = torch.optim.SGD(finetuned.parameters(), lr=config.finetune_lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+        first = 1
+        if state is not None and state["phase"] == "finetune":
+            finetuned.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            first = state["epoch"] + 1
+            search_done_epoch = state["search_epochs"]
+            self.log(f"resuming {run_dir.name} at fine-tune epoch {first}")
+        else:
+            search_done_epoch = max(search_done_epoch, max((r["epoch"] for r in rows if r["phase"] == "search"),
+                                                           default=0))
+        finetune_start = time.perf_counter()
+        for epoch in range(first, config.finetune_epochs + 1):
+            loss = _train_epoch(finetuned, data.train_loader(config.batch_size, seed=config.seed * 100_003 + 50_000 + epoch),
+                                optimizer, hook, optimizer.step, self.progress,
+                                f"fine-tune {epoch}/{config.finetune_epochs}")
+            row = {"phase": "finetune", "epoch": epoch, "loss": round(loss, 6),
+                   "test_accuracy": round(accuracy(finetuned, data.test_loader()), 6)}
+            rows.append(row)
+            self._log_row(row, config.finetune_epochs, finetune_start, first)
+            save_checkpoint(self.checkpoint_path, {
+                "phase": "finetune", "epoch": epoch, "model": finetuned.state_dict(),
+                "optimizer": optimizer.state_dict(), "rows": rows, "search_epochs": search_done_epoch})
+        final_accuracy = accuracy(finetuned, data.test_loader())
+        write_rows(run_dir / "metrics.csv", rows)
+        extra = {}
+        report = getattr(job, "prune_report", None)
+        if report is not None:
+            extra["prune_report"] = report
+        if hasattr(job, "method") and hasattr(job.method, "history"):
+            extra["history"] = job.method.history
+            extra["found_epoch"] = job.method.found_epoch
+            extra["trigger_epoch"] = getattr(job.method, "trigger_epoch", None)
+        return SearchResult(config, run_dir, ticket, final_accuracy, search_done_epoch, config.finetune_epochs,
+                            time.perf_counter() - start, rows, extra)
+
+    def _log_row(self, row: dict, epochs: int, start: float, first: int) -> None:
+        elapsed = time.perf_counter() - start
+        parts = [f"{row['phase']} {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}",
+                 f"acc {row['test_accuracy']:.3f}"]
+        for key in ("density", "mask_density", "max_distance", "mean_distance"):
+            if key in row:
+                parts.append(f"{key.replace('_', ' ')} {row[key]:.3f}")
+        if "truncating" in row:
+            parts.append("truncating" if row["truncating"] else "not truncating")
+        remaining = elapsed / max(row["epoch"] - first + 1, 1) * (epochs - row["epoch"])
+        parts.append(f"ETA of this phase {remaining:.0f}s")
+        self.log(" | ".join(parts))
