@@ -102,3 +102,10 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, arguments, words):
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_device_flag(tmp_path):
+    arguments = ["search", "--method", "random", "--density", "0.3", "--out", str(tmp_path), *TINY]
+    assert main([*arguments, "--device", "cpu"]) == 0
+    expected = 0 if torch.cuda.is_available() else 2  # no GPU: one clear error, nothing trained
+    assert main([*arguments, "--device", "cuda"]) == expected

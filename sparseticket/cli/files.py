@@ -51,6 +51,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda temporary: torch.save(state, temporary))
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain values only)."""
-    return torch.load(path, weights_only=True)
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain values only) onto ``device``."""
+    return torch.load(path, weights_only=True, map_location=device)

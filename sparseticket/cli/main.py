@@ -58,7 +58,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
     parser.add_argument("--out", type=Path, default=Path("runs"), help="folder for run folders (default: runs)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="device; the CLI trains on the CPU for now (default: auto = cpu)")
+                        help="device (default: auto = cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="find, fine-tune and evaluate one ticket")
     search.add_argument("--method", choices=METHODS, default="earlybird", help="ticket method")
     _add_run_flags(search, skip=("method",))
-    search.add_argument("--resume", type=Path, default=None, help="continue an interrupted run folder")
+    search.add_argument("--resume", type=Path, default=None,
+                        help="continue an interrupted run folder (its config.json; other run flags are ignored)")
     compare = commands.add_parser("compare", help="several methods on the same model, data and seed")
     compare.add_argument("--methods", nargs="+", choices=METHODS,
                          default=["earlybird", "worm", "gemminer", "imp", "random"], help="methods to compare")
@@ -99,6 +100,13 @@ def _check(config: RunConfig) -> None:
         raise ValueError(f"--ratio must be in [0, 1), got {config.ratio}")
 
 
+def _device(arguments: argparse.Namespace) -> str:
+    """The device named by --device (auto: cuda when available)."""
+    if arguments.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return arguments.device
+
+
 def _search(arguments: argparse.Namespace) -> None:
     from sparseticket.cli.search import Search
 
@@ -112,7 +120,7 @@ def _search(arguments: argparse.Namespace) -> None:
         config = _config(arguments)
         _check(config)
         run_dir = arguments.out / config.run_name()
-    result = Search(config, run_dir, progress=not arguments.no_progress).run()
+    result = Search(config, run_dir, progress=not arguments.no_progress, device=_device(arguments)).run()
     print(summarize_search(result))
 
 
@@ -126,7 +134,8 @@ def _compare(arguments: argparse.Namespace) -> None:
             config = _config(arguments, method=method, **({"density": density} if density else {}))
             _check(config)
             print(f"== {method}" + (f" at density {density}" if density else ""), flush=True)
-            results.append(Search(config, arguments.out / config.run_name(), progress=not arguments.no_progress).run())
+            results.append(Search(config, arguments.out / config.run_name(), progress=not arguments.no_progress,
+                                  device=_device(arguments)).run())
     print(summarize_compare(results, arguments.out))
 
 
@@ -149,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if getattr(arguments, "threads", None):
         torch.set_num_threads(arguments.threads)
-    if getattr(arguments, "device", "auto") == "cuda":
-        print("sparseticket: error: the CLI trains on the CPU for now (--device cuda is not supported yet)",
-              file=sys.stderr)
+    if getattr(arguments, "device", "auto") == "cuda" and not torch.cuda.is_available():
+        print("sparseticket: error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         return 2
     try:
         {"search": _search, "compare": _compare, "info": lambda _: _info()}[arguments.command](arguments)

@@ -65,14 +65,17 @@ def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, prog
 class Search:
     """One run of one method, resumable from its run folder."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, log: Log = print, progress: bool = True) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, *, log: Log = print, progress: bool = True,
+                 device: str = "cpu") -> None:
         self.config, self.run_dir, self.log, self.progress = config, run_dir, log, progress
+        self.device = torch.device(device)
         self.checkpoint_path = run_dir / "checkpoint.pt"
 
     def _model(self, data) -> nn.Module:
         shape = data.train_images.shape
-        return build_model(self.config.model, classes=data.classes, in_channels=shape[1],
-                           image_size=shape[-1], width=self.config.width)
+        model = build_model(self.config.model, classes=data.classes, in_channels=shape[1],
+                            image_size=shape[-1], width=self.config.width)
+        return model.to(self.device)
 
     def run(self) -> SearchResult:
         """Run (or resume) the search and the fine-tuning; write the run folder."""
@@ -80,16 +83,16 @@ class Search:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.json", config.to_json())
         start = time.perf_counter()
-        data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+        data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed).to(self.device)
         torch.manual_seed(config.seed)
         model = self._model(data)
         if not (run_dir / "init.pt").exists():
             save_checkpoint(run_dir / "init.pt", model.state_dict())
-        initial = load_checkpoint(run_dir / "init.pt")
+        initial = load_checkpoint(run_dir / "init.pt", self.device)
         model.load_state_dict(initial)
         job = make_job(config, model, data)
         job.fresh_model = lambda: self._model(data)
-        state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+        state = load_checkpoint(self.checkpoint_path, self.device) if self.checkpoint_path.exists() else None
         rows: list[dict] = list(state["rows"]) if state else []
         search_done_epoch = 0
 
@@ -126,7 +129,7 @@ class Search:
             save_checkpoint(run_dir / "searched.pt", {"model": model.state_dict(), "method": job.state_dict()})
             state = None
         ticket = Ticket.load(run_dir / "ticket.safetensors")
-        searched = load_checkpoint(run_dir / "searched.pt")
+        searched = load_checkpoint(run_dir / "searched.pt", self.device)
         model.load_state_dict(searched["model"])
         job.load_state_dict(searched["method"])
         finetuned, hook = job.finetune_model(ticket, initial, data.test_images[:16])

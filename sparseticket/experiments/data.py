@@ -18,6 +18,11 @@ class Split:
     test_labels: torch.Tensor
     classes: int
 
+    def to(self, device: torch.device | str) -> Split:
+        """The same split with every tensor on ``device``."""
+        return Split(self.train_images.to(device), self.train_labels.to(device), self.test_images.to(device),
+                     self.test_labels.to(device), self.classes)
+
     def train_loader(self, batch_size: int = 64, seed: int = 0) -> DataLoader:
         """Shuffled training batches; the order is fixed by ``seed``."""
         generator = torch.Generator().manual_seed(seed)
