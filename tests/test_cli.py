@@ -76,6 +76,8 @@ def test_compare_writes_table_and_plots(tmp_path, capsys):
     table = (tmp_path / "compare.md").read_text()
     assert table.count("| random |") == 2 and "| earlybird |" in table
     assert (tmp_path / "accuracy_vs_density.png").exists() and (tmp_path / "mask_distance.png").exists()
+    for run in (p for p in tmp_path.iterdir() if p.is_dir()):
+        assert (run / "summary.md").exists() and (run / "layer_density.png").exists()
     assert "| random |" in capsys.readouterr().out
 
 

@@ -28,7 +28,7 @@ def test_round_trip_apply_gives_identical_masks_and_outputs(tmp_path):
     loaded = Ticket.load(path)
     assert loaded.method == "test" and loaded.hyperparameters == {"density": 0.3, "note": "x"}
     for section in ("masks", "scores", "channel_masks"):
-        assert getattr(loaded, section).keys() == getattr(ticket, section).keys()
+        assert list(getattr(loaded, section)) == list(getattr(ticket, section))  # layer order kept
         for name, tensor in getattr(ticket, section).items():
             assert torch.equal(getattr(loaded, section)[name], tensor)
     fresh_a, fresh_b = vgg_small(width=4), vgg_small(width=4)

@@ -37,6 +37,7 @@ class RunConfig:
     trigger: float = 0.15
     chi: float = 0.003
     static: str = "newest"
+    truncate_filters: bool = False
     # weight tickets
     density: float = 0.05
     period: int = 5

@@ -87,7 +87,8 @@ class ChannelJob(Job):
             attach_slimming(model)  # per-head and per-FFN-neuron coefficients play gamma's role
         common = {"ratio": config.ratio, "l1": config.l1, "queue": config.queue, "eps": config.eps}
         if config.method == "worm":
-            self.method = WORM(model, trigger=config.trigger, chi=config.chi, static=config.static, **common)
+            self.method = WORM(model, trigger=config.trigger, chi=config.chi, static=config.static,
+                               truncate_filters=config.truncate_filters, **common)
         else:
             self.method = EarlyBird(model, **common)
         self.optimizer = sgd(model, config.lr, config)

@@ -29,6 +29,7 @@ _HELP = {
     "trigger": "WORM: truncate once the mean queue distance < trigger",
     "chi": "WORM: gradient scale of static channels (0 = hard truncation)",
     "static": "WORM: static channels = pruned in the newest mask, or in every mask of the queue",
+    "truncate_filters": "WORM: also scale the gradients of the conv filters producing static channels",
     "density": "weight methods: target density (fraction of weights kept)",
     "period": "Gem-Miner: freeze every T epochs", "l2": "Gem-Miner: lambda of lambda*||p||^2",
     "score_lr": "Gem-Miner: score learning rate (paper: 0.1 for hundreds of epochs on CIFAR)",
@@ -51,6 +52,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=_HELP.get(field.name, field.name))
+            continue
         kind = {int: int, float: float}.get(type(default), str)
         choices = {"static": ("newest", "queue")}.get(field.name)
         parser.add_argument(flag, type=kind, default=default, choices=choices,
@@ -134,8 +138,10 @@ def _compare(arguments: argparse.Namespace) -> None:
             config = _config(arguments, method=method, **({"density": density} if density else {}))
             _check(config)
             print(f"== {method}" + (f" at density {density}" if density else ""), flush=True)
-            results.append(Search(config, arguments.out / config.run_name(), progress=not arguments.no_progress,
-                                  device=_device(arguments)).run())
+            result = Search(config, arguments.out / config.run_name(), progress=not arguments.no_progress,
+                            device=_device(arguments)).run()
+            summarize_search(result)  # the run folder's own summary.md and plots
+            results.append(result)
     print(summarize_compare(results, arguments.out))
 
 

@@ -57,7 +57,7 @@ class Ticket:
         for prefix, section in _SECTIONS.items():
             for name, tensor in getattr(self, section).items():
                 tensors[f"{prefix}/{name}"] = tensor.detach().cpu().contiguous()
-        metadata = {"format": FORMAT, "method": self.method,
+        metadata = {"format": FORMAT, "method": self.method, "order": json.dumps(list(tensors)),
                     "hyperparameters": json.dumps(self.hyperparameters, sort_keys=True)}
         directory = os.path.dirname(os.path.abspath(path))
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=".ticket-", suffix=".tmp")
@@ -85,7 +85,10 @@ class Ticket:
         if metadata.get("format") != FORMAT:
             raise ValueError(f"{path} is not a sparseticket ticket (format {metadata.get('format')!r})")
         sections: dict[str, dict[str, torch.Tensor]] = {section: {} for section in _SECTIONS.values()}
-        for key, tensor in tensors.items():
+        order = json.loads(metadata.get("order", "[]"))  # layer order (safetensors sorts its keys)
+        keys = [key for key in order if key in tensors] + [key for key in tensors if key not in order]
+        for key in keys:
+            tensor = tensors[key]
             prefix, _, name = key.partition("/")
             if prefix not in _SECTIONS:
                 raise ValueError(f"{path}: unexpected entry {key!r}")
