@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from shapes import resnet18_shapes, resnet50_shapes
+from shapes import bert_base_shapes, resnet18_shapes, resnet50_shapes
 
-NETWORKS = {"resnet18": resnet18_shapes, "resnet50": resnet50_shapes}
+NETWORKS = {"resnet18": resnet18_shapes, "resnet50": resnet50_shapes, "bert_base": bert_base_shapes}
 
 
 @pytest.fixture(autouse=True)

@@ -34,3 +34,20 @@ def resnet50_shapes(classes: int = 1000) -> dict[str, list[tuple[int, ...]]]:
                 norms.append((width * 4,))
             in_channels = width * 4
     return {"conv": convs, "bn": norms, "linear": [(classes, 2048)]}
+
+
+def bert_base_shapes(vocabulary: int = 30522, layers: int = 12) -> dict[str, list[tuple[int, ...]]]:
+    """BERT-base (~110M parameters): the Linear weights are the prunable ones; LayerNorm gains
+    ("bn") stand in for BN gamma (EarlyBERT's per-channel scales); embeddings and biases are kept."""
+    hidden, ffn = 768, 3072
+    linear: list[tuple[int, ...]] = []
+    bias: list[tuple[int, ...]] = []
+    norms: list[tuple[int, ...]] = [(hidden,)]  # the embeddings' LayerNorm
+    for _ in range(layers):
+        linear += [(hidden, hidden)] * 4 + [(ffn, hidden), (hidden, ffn)]
+        bias += [(hidden,)] * 4 + [(ffn,), (hidden,)]
+        norms += [(hidden,), (hidden,)]
+    linear.append((hidden, hidden))
+    bias.append((hidden,))
+    embedding = [(vocabulary, hidden), (512, hidden), (2, hidden)]
+    return {"conv": [], "linear": linear, "bn": norms, "bias": bias, "embedding": embedding}

@@ -1,0 +1,135 @@
+"""Run the benchmark suite and write ``benchmarks/RESULTS.md`` and ``benchmarks/speedups.png``.
+
+``python benchmarks/run.py [--networks resnet18 resnet50 bert_base] [--keyword EXPR]``
+
+Per group: every way's median time as a ratio to the fused op (>1: the fused op is faster), and
+the fused op's achieved bandwidth (the bytes it must move / its median) over the copy bandwidth
+measured in the same run. CPU figures only: GPU figures are predictions (gpu_on_paper.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_suite(networks: list[str], keyword: str | None, report: Path) -> dict:
+    """pytest-benchmark over benchmarks/, keeping its JSON report at ``report``."""
+    selection = " or ".join(networks + ["copy_bandwidth", "training_step"])
+    if keyword:
+        selection = f"({selection}) and ({keyword})"
+    command = [sys.executable, "-m", "pytest", str(HERE), "--benchmark-only", "-q", "-p", "no:cacheprovider",
+               "-k", selection, f"--benchmark-json={report}"]
+    subprocess.run(command, check=True, cwd=HERE.parent)
+    return json.loads(report.read_text())
+
+
+def way_of(name: str) -> str:
+    """'test_x[resnet18-fused]' -> 'fused'."""
+    inside = name.partition("[")[2].rstrip("]")
+    return inside.rpartition("-")[2] if inside else name
+
+
+def tables(report: dict) -> tuple[str, dict[str, dict[str, float]]]:
+    """Markdown tables of ratios to the fused op, and the ratios for the plot."""
+    groups: dict[str, dict[str, dict]] = {}
+    for bench in report["benchmarks"]:
+        groups.setdefault(bench["group"], {})[way_of(bench["name"])] = bench
+    references = groups.pop("copy bandwidth", {})
+    speeds = {name: bench["extra_info"]["bytes"] / bench["stats"]["median"] for name, bench in references.items()}
+    peak = max(speeds.values(), default=float("nan"))
+    lines = [f"Memory bandwidth measured in this run: copy {speeds.get('test_copy_bandwidth', float('nan')) / 1e9:.1f}"
+             f" GB/s, in-place update {speeds.get('test_inplace_bandwidth', float('nan')) / 1e9:.1f} GB/s (read + "
+             f"write of 256 MB; a copy also pays write-allocate reads). Achieved/peak below uses the larger, "
+             f"**{peak / 1e9:.1f} GB/s**.", ""]
+    ratios: dict[str, dict[str, float]] = {}
+    for group, ways in sorted(groups.items()):
+        if "none" in ways:
+            lines += _overhead_table(group, ways)
+            continue
+        if "fused" not in ways:
+            continue
+        fused = ways["fused"]["stats"]["median"]
+        lines += [f"### {group}", "", "| way | median | time / fused |", "|---|---|---|"]
+        for way, bench in sorted(ways.items(), key=lambda item: item[1]["stats"]["median"]):
+            median = bench["stats"]["median"]
+            lines.append(f"| {way} | {median * 1e3:.3f} ms | {median / fused:.2f}x |")
+            if way != "fused":
+                ratios.setdefault(group, {})[way] = median / fused
+        moved = ways["fused"].get("extra_info", {}).get("bytes")
+        if moved:
+            achieved = moved / fused
+            lines.append(f"\nfused: {moved / 1e6:.1f} MB moved, {achieved / 1e9:.1f} GB/s = "
+                         f"{achieved / peak:.0%} of the measured peak")
+        lines.append("")
+    return "\n".join(lines), ratios
+
+
+def _overhead_table(group: str, ways: dict[str, dict]) -> list[str]:
+    """Per-step overhead: each hook (or step with it) against the plain step."""
+    plain = ways["none"]["stats"]["median"]
+    lines = [f"### Per-step overhead: {group}", "", "| step or hook | median | / plain step |", "|---|---|---|"]
+    for way, bench in sorted(ways.items(), key=lambda item: item[1]["stats"]["median"]):
+        median = bench["stats"]["median"]
+        lines.append(f"| {way} | {median * 1e3:.3f} ms | {median / plain:.2%} |")
+    return lines + ["", "`*_hook_only` times the hook alone on the gradients of one step: its share of the "
+                    "plain step is the overhead (whole-step differences are within this machine's noise).", ""]
+
+
+def plot(ratios: dict[str, dict[str, float]], path: Path) -> None:
+    """Horizontal bars: how many times slower each alternative is than the fused op."""
+    from matplotlib.figure import Figure
+
+    labels, values = [], []
+    for group, ways in ratios.items():
+        for way, ratio in ways.items():
+            labels.append(f"{group} — {way}")
+            values.append(ratio)
+    figure = Figure(figsize=(10, 0.28 * len(labels) + 1.5))
+    axes = figure.add_subplot()
+    axes.barh(range(len(values)), values, color=["tab:green" if v >= 1 else "tab:red" for v in values])
+    axes.set_yticks(range(len(values)), labels, fontsize=7)
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_xlabel("time of the alternative / time of the fused op (log; >1: fused is faster)")
+    axes.invert_yaxis()
+    figure.tight_layout()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(handle)
+    figure.savefig(temporary, dpi=110)
+    os.replace(temporary, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=["resnet18", "resnet50"],
+                        help="layer shapes: resnet18 resnet50 bert_base")
+    parser.add_argument("--keyword", default=None, help="extra pytest -k filter")
+    parser.add_argument("--from-json", action="store_true", help="rewrite the tables from benchmarks/results.json")
+    arguments = parser.parse_args()
+    parser_json = HERE / "results.json"
+    report = json.loads(parser_json.read_text()) if arguments.from_json else \
+        run_suite(arguments.networks, arguments.keyword, parser_json)
+    body, ratios = tables(report)
+    header = (f"# Benchmark results (CPU)\n\nMachine: {platform.processor() or platform.machine()}, "
+              f"{os.cpu_count()} cores, torch {torch.__version__}, 2 threads. Command: "
+              f"`python benchmarks/run.py --networks {' '.join(arguments.networks)}`. "
+              "Ratios are medians measured in the same run; GPU figures are in GPU_ON_PAPER.md "
+              "(predicted, not measured).\n\n")
+    (HERE / "RESULTS.md").write_text(header + body)
+    plot(ratios, HERE / "speedups.png")
+    print(header + body)
+
+
+if __name__ == "__main__":
+    main()
