@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_suite(networks: list[str], keyword: str | None, report: Path) -> dict:
     """pytest-benchmark over benchmarks/, keeping its JSON report at ``report``."""
-    selection = " or ".join(networks + ["copy_bandwidth", "training_step"])
+    selection = " or ".join(networks + ["bandwidth", "training_step"])
     if keyword:
         selection = f"({selection}) and ({keyword})"
     command = [sys.executable, "-m", "pytest", str(HERE), "--benchmark-only", "-q", "-p", "no:cacheprovider",
