@@ -9,6 +9,7 @@ from sparseticket.ops._backend import CPU_BACKENDS, backends, cpu_backend, kerne
 from sparseticket.ops.gemminer import gemminer_mask, gemminer_step_
 from sparseticket.ops.kth import kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
+from sparseticket.ops.sharded import sharded_kth_value
 from sparseticket.ops.truncate import truncate_grads_
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "kth_value",
     "mask_distances",
     "pack_mask",
+    "sharded_kth_value",
     "truncate_grads_",
     "unpack_mask",
 ]
