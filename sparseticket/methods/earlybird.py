@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.bn_channels import (
     ChannelLayer,
     channel_importance,
@@ -118,6 +119,7 @@ class EarlyBird:
         if tracker.static_runs is None:
             tracker.static_runs = torch.zeros(self.channels, dtype=torch.int32, device=importance.device)
         packed, distances = mask_distances(relative, 0.0, history, static_runs=tracker.static_runs)
+        assert_same_on_all_ranks(packed, f"EarlyBird's channel mask (ratio {tracker.ratio}, epoch {self.epoch})")
         tracker.distances = distances.tolist()
         tracker.history.append(tracker.distances)
         tracker.masks = (tracker.masks + [packed])[-(self.queue - 1):]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
 from sparseticket.ops import gemminer_mask, gemminer_step_, kth_value
@@ -134,6 +135,7 @@ class GemMiner:
             return False
         target = round(self.flags.numel() * self.target_density ** (round_index / steps))
         self._freeze_lowest(int(self.flags.sum()) - target)
+        assert_same_on_all_ranks(self.flags, f"Gem-Miner's frozen flags (epoch {epoch})")
         self.freezes_done = round_index
         return True
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
 from sparseticket.ops import kth_value, truncate_grads_
@@ -151,6 +152,8 @@ class IMP:
             prune, ties_left = _layer_pruned(score, threshold, mask, ties_left)
             mask &= ~prune
         self.round += 1
+        assert_same_on_all_ranks(torch.cat([mask.reshape(-1) for mask in self.masks]),
+                                 f"IMP's masks (round {self.round})")
         self.apply_masks()
         return self.density
 

@@ -1,0 +1,33 @@
+"""Cross-rank consistency: under torch.distributed every rank must hold the same mask.
+
+``assert_same_on_all_ranks`` all-reduces a checksum (MIN and MAX of one int64) and raises on
+every rank when they differ, so a silent divergence becomes an error instead of a hang or a
+different ticket per rank. It is a no-op without an initialised process group.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def checksum(tensor: torch.Tensor) -> int:
+    """A position-sensitive int64 checksum of a tensor's bytes."""
+    data = tensor.detach().reshape(-1).contiguous().view(torch.uint8).to(torch.int64)
+    weights = torch.arange(1, data.numel() + 1, dtype=torch.int64, device=data.device) % 65521 + 1
+    return int((data * weights).sum().item() % (1 << 61))
+
+
+def assert_same_on_all_ranks(tensor: torch.Tensor, what: str) -> None:
+    """Raise RuntimeError on every rank if ``tensor`` differs between ranks (collective call)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    value = checksum(tensor)
+    low = torch.tensor([value], dtype=torch.int64, device=device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if int(low.item()) != int(high.item()):
+        raise RuntimeError(f"{what} differs between ranks (rank {dist.get_rank()} checksum {value}); "
+                           "were the parameters or the data different on some rank?")

@@ -1,0 +1,87 @@
+"""Methods under DistributedDataParallel (2 gloo processes): identical masks and epochs on every
+rank, and a divergence between ranks becomes an error on every rank instead of a hang."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from sparseticket.experiments.data import load_digits_split
+from sparseticket.experiments.models import vgg_small
+from sparseticket.methods import IMP, WORM
+from sparseticket.methods.consistency import assert_same_on_all_ranks
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def _init(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+
+
+def _worm_worker(rank: int, port: int, results) -> None:
+    _init(rank, port)
+    try:
+        data = load_digits_split()
+        torch.manual_seed(0)
+        model = vgg_small(width=8)
+        worm = WORM(model, queue=3)
+        imp = IMP(model)
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+        images, labels = data.train_images[:512], data.train_labels[:512]
+        shard = slice(rank * 256, (rank + 1) * 256)  # each rank its half of the global batch
+        for epoch in range(6):
+            for start in range(0, 256, 64):
+                optimizer.zero_grad()
+                batch = slice(shard.start + start, shard.start + start + 64)
+                nn.functional.cross_entropy(ddp(images[batch]), labels[batch]).backward()
+                worm.after_backward()  # acts on the all-reduced gradients
+                optimizer.step()
+            worm.epoch_end()
+        imp.prune_round()
+        masks = worm.channel_mask()
+        results[rank] = {"found": worm.found_epoch, "trigger": worm.trigger_epoch,
+                         "history": worm.history, "masks": {k: v.tolist() for k, v in masks.items()},
+                         "imp_density": imp.density}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_worm_and_imp_agree_on_every_rank():
+    results = mp.Manager().dict()
+    mp.spawn(_worm_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    assert results[0] == results[1]
+    assert results[0]["history"][-1]  # the queue was filled: distances exist
+
+
+def _divergence_worker(rank: int, port: int, results) -> None:
+    _init(rank, port)
+    try:
+        mask = torch.tensor([True, False, rank == 1])
+        try:
+            assert_same_on_all_ranks(mask, "test mask")
+            results[rank] = "no error"
+        except RuntimeError as error:
+            results[rank] = str(error)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_divergence_raises_on_every_rank():
+    results = mp.Manager().dict()
+    mp.spawn(_divergence_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    assert all("test mask differs between ranks" in results[rank] for rank in range(WORLD))
