@@ -85,3 +85,30 @@ def test_divergence_raises_on_every_rank():
     results = mp.Manager().dict()
     mp.spawn(_divergence_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
     assert all("test mask differs between ranks" in results[rank] for rank in range(WORLD))
+
+
+def _error_worker(rank: int, port: int, linger: bool, results) -> None:
+    import datetime
+    import time
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=5))
+    start = time.monotonic()
+    try:
+        if rank == 1:
+            results[rank] = "raised"
+            if linger:  # the failing rank stays alive (e.g. it caught the error) past the timeout
+                time.sleep(8)
+            return
+        assert_same_on_all_ranks(torch.ones(3), "mask")
+        results[rank] = "no error"
+    except RuntimeError:
+        results[rank] = time.monotonic() - start
+
+
+def test_error_on_one_rank_surfaces_on_the_other_within_the_timeout():
+    for linger in (False, True):
+        results = mp.Manager().dict()
+        mp.spawn(_error_worker, args=(_free_port(), linger, results), nprocs=WORLD, join=True)
+        assert results[1] == "raised"
+        assert isinstance(results[0], float) and results[0] < 7.0, (linger, results[0])

@@ -3,6 +3,10 @@
 ``assert_same_on_all_ranks`` all-reduces a checksum (MIN and MAX of one int64) and raises on
 every rank when they differ, so a silent divergence becomes an error instead of a hang or a
 different ticket per rank. It is a no-op without an initialised process group.
+
+If one rank fails before reaching the check, the others get a RuntimeError as soon as its
+process exits, or at the latest after the process group's ``timeout`` (pass a short one, e.g.
+``dist.init_process_group(..., timeout=timedelta(minutes=5))``): never an endless hang.
 """
 
 from __future__ import annotations
