@@ -4,6 +4,11 @@ Each returns a ``Ticket`` whose masks are keyed by weight parameter name (every 
 weight, ``prunable_layers``) and keep exactly ``round(density * total)`` weights. Global methods
 rank scores with ``kth_value``; ties go to the earlier layer, then the lower flat index. The input
 model is never modified (scores are computed on deep copies).
+
+Under ``torch.distributed`` the model may be wrapped in ``DistributedDataParallel`` and each rank
+may pass its own part of the batch: SNIP and GraSP average their gradients (and GraSP its
+Hessian-gradient product) across ranks, so the scores are those of the global batch, and every
+ticket is checksummed across ranks before it is returned.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.distributed import all_reduce_mean_, unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
 from sparseticket.ops import kth_value
@@ -81,7 +88,7 @@ def _random_ticket_from_counts(weights: Mapping[str, torch.Tensor], counts: Mapp
                                method: str, hyperparameters: dict[str, Any]) -> Ticket:
     generator = torch.Generator().manual_seed(seed)
     masks = {name: random_mask(weight.shape, counts[name], generator) for name, weight in weights.items()}
-    return Ticket(masks, method, hyperparameters)
+    return checked(Ticket(masks, method, hyperparameters))
 
 
 def proportional_counts(sizes: Mapping[str, int], shares: Mapping[str, int], keep: int) -> dict[str, int]:
@@ -180,7 +187,14 @@ def _global_ticket(scores: Mapping[str, torch.Tensor], density: float, method: s
                    hyperparameters: dict[str, Any]) -> Ticket:
     total = sum(score.numel() for score in scores.values())
     masks = top_k_masks(scores, kept_count(density, total))
-    return Ticket(masks, method, {"density": density, **hyperparameters})
+    return checked(Ticket(masks, method, {"density": density, **hyperparameters}))
+
+
+def checked(ticket: Ticket) -> Ticket:
+    """``ticket``, after checking that every rank found the same masks (no-op in one process)."""
+    assert_same_on_all_ranks(torch.cat([mask.reshape(-1) for mask in ticket.masks.values()]),
+                             f"the {ticket.method} ticket")
+    return ticket
 
 
 def magnitude_ticket(model: nn.Module, density: float) -> Ticket:
@@ -192,10 +206,11 @@ def magnitude_ticket(model: nn.Module, density: float) -> Ticket:
 
 def snip_scores(model: nn.Module, loss_fn: LossFn, batch: Batch) -> dict[str, torch.Tensor]:
     """SNIP connection sensitivity |g * w| on one batch (on a copy; the model's mode is kept)."""
-    network = copy.deepcopy(model)
+    network = copy.deepcopy(unwrap(model))
     weights = prunable_weights(network)
     inputs, labels = batch
-    grads = torch.autograd.grad(loss_fn(network(inputs), labels), list(weights.values()))
+    grads = list(torch.autograd.grad(loss_fn(network(inputs), labels), list(weights.values())))
+    all_reduce_mean_(grads)  # the global batch's gradient under torch.distributed
     return {name: (grad * weight).detach().abs() for (name, weight), grad in zip(weights.items(), grads)}
 
 
@@ -214,13 +229,16 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batch: Batch, *, temperature
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    network = copy.deepcopy(model)
+    network = copy.deepcopy(unwrap(model))
     weights = prunable_weights(network)
     inputs, labels = batch
     loss = loss_fn(network(inputs) / temperature, labels)
     grads = torch.autograd.grad(loss, list(weights.values()), create_graph=True)
-    gradient_norm = sum((grad * grad.detach()).sum() for grad in grads)
-    hessian_grads = torch.autograd.grad(gradient_norm, list(weights.values()))
+    global_grads = [grad.detach().clone() for grad in grads]
+    all_reduce_mean_(global_grads)  # g of the global batch under torch.distributed
+    gradient_norm = sum((grad * global_grad).sum() for grad, global_grad in zip(grads, global_grads))
+    hessian_grads = list(torch.autograd.grad(gradient_norm, list(weights.values())))
+    all_reduce_mean_(hessian_grads)  # H g of the global batch
     return {name: -(weight.detach() * hessian_grad)
             for (name, weight), hessian_grad in zip(weights.items(), hessian_grads)}
 
@@ -243,7 +261,7 @@ def grasp_ticket(model: nn.Module, loss_fn: LossFn, batch: Batch, density: float
 @torch.no_grad()
 def _synflow_network(model: nn.Module) -> nn.Module:
     """A float64 copy in eval mode with every floating parameter and buffer replaced by its |.|."""
-    network = copy.deepcopy(model).double().eval()
+    network = copy.deepcopy(unwrap(model)).double().eval()
     for tensor in network.state_dict().values():
         if tensor.is_floating_point():
             tensor.abs_()
@@ -303,5 +321,5 @@ def synflow_ticket(model: nn.Module, example_input_shape: Sequence[int], density
         scores = {name: score.masked_fill(~masks[name].to(score.device), -math.inf)
                   for name, score in scores.items()}
         masks = top_k_masks(_normalized(scores), kept_count(density ** (step / iterations), total))
-    return Ticket(masks, "synflow", {"density": density, "iterations": iterations,
-                                     "example_input_shape": list(example_input_shape)})
+    return checked(Ticket(masks, "synflow", {"density": density, "iterations": iterations,
+                                             "example_input_shape": list(example_input_shape)}))

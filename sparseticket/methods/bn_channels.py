@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sparseticket.methods.distributed import unwrap
 from sparseticket.ops import kth_value
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -63,7 +64,7 @@ def channel_layers(model: nn.Module) -> list[ChannelLayer]:
     """Every affine BatchNorm and ChannelCoefficients module; ValueError if there is none."""
     layers = []
     start = 0
-    for name, module in model.named_modules():
+    for name, module in unwrap(model).named_modules():  # bare names, also under DDP
         if isinstance(module, _BATCH_NORMS) and module.affine:
             group = GLOBAL_GROUP
         elif isinstance(module, ChannelCoefficients):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.bn_channels import (
     ChannelLayer,
     channel_importance,
@@ -73,7 +74,7 @@ class EarlyBird:
             raise ValueError(f"eps must be in [0, 1], got {eps!r}")
         if l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {l1!r}")
-        self.model = model
+        self.model = model = unwrap(model)  # DDP-wrapped or bare: names are the bare module's
         self.layers: list[ChannelLayer] = channel_layers(model)
         self.channels = self.layers[-1].stop
         self.l1 = float(l1)

@@ -9,6 +9,11 @@ mask ends at exactly ``density``. Scores and flags live in one flat buffer each:
     ...  loss.backward(); gm.step()               # fused SGD+momentum+L2+clamp on all scores
     ...  gm.epoch_end(epoch)                      # freezing schedule, cosine learning rate
     ticket = gm.ticket(); gm.finish()             # weights back to their init, pruned ones zero
+
+Under ``torch.distributed``, wrap the model in ``DistributedDataParallel`` after creating the
+miner: the scores are registered as the model's one trainable parameter (on the first layer's
+parametrization), so DDP averages their gradient across ranks and ``gm.step()`` acts on the
+averaged gradient; the frozen flags are checksummed across ranks at every freezing round.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
 from sparseticket.ops import gemminer_mask, gemminer_step_, kth_value
@@ -82,7 +88,7 @@ class GemMiner:
         for name, value in (("l2", l2), ("lr", lr), ("momentum", momentum)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        self.model = model
+        self.model = model = unwrap(model)  # DDP-wrapped or bare: names are the bare module's
         self.target_density = float(density)
         self.epochs, self.period = epochs, period
         self.l2, self.base_lr, self.lr, self.momentum = float(l2), float(lr), float(lr), float(momentum)
@@ -101,10 +107,14 @@ class GemMiner:
         self.scores = nn.Parameter(torch.rand(start, generator=generator).to(device))  # U[0, 1]
         self.flags = torch.ones(start, dtype=torch.bool, device=device)
         self.momentum_buffer = torch.zeros(start, device=device)
-        for name, module in self.layers.items():
+        for index, (name, module) in enumerate(self.layers.items()):
             part = self.slices[weight_name(name)]
-            parametrize.register_parametrization(module, "weight", _ScoreMask(self, part.start, part.stop),
-                                                 unsafe=True)
+            score_mask = _ScoreMask(self, part.start, part.stop)
+            if index == 0:
+                # The scores are the model's only trainable parameter while mining, so that
+                # DistributedDataParallel can wrap the model and average their gradient.
+                score_mask.scores = self.scores
+            parametrize.register_parametrization(module, "weight", score_mask, unsafe=True)
         self.freezes_done = 0
 
     # ----------------------------------------------------------------- per step

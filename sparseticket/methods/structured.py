@@ -21,6 +21,8 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sparseticket.methods.distributed import unwrap
+
 _WARMUP_RUNS = 3
 _TIMED_RUNS = 10
 
@@ -230,9 +232,11 @@ def prune_model(
     measure_latency: bool = True,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune BatchNorm channels (``prune_channels``) or transformer heads/FFN neurons
-    (``prune_transformer``, for slimming coefficients), whichever the masks name."""
+    (``prune_transformer``, for slimming coefficients), whichever the masks name. A model
+    wrapped in ``DistributedDataParallel`` is pruned as its bare module (wrap the result again)."""
     from sparseticket.methods.bn_channels import ChannelCoefficients
 
+    model = unwrap(model)
     modules = dict(model.named_modules())
     slimming = {name for name in channel_masks if isinstance(modules.get(name), ChannelCoefficients)}
     if not slimming:

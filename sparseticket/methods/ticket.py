@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import prune
 
+from sparseticket.methods.distributed import unwrap
 from sparseticket.ops import truncate_grads_
 
 FORMAT = "sparseticket-ticket/1"
@@ -98,7 +99,7 @@ class Ticket:
 
     # ----------------------------------------------------------------- models
     def _parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        parameters = dict(model.named_parameters())
+        parameters = dict(unwrap(model).named_parameters())  # bare names, also under DDP
         for name, mask in self.masks.items():
             if name not in parameters:
                 raise ValueError(f"masks[{name!r}]: the model has no such parameter")
@@ -113,7 +114,7 @@ class Ticket:
         parameters = self._parameters(model)
         for name, mask in self.masks.items():
             parameters[name].mul_(mask.to(parameters[name].device))
-        modules = dict(model.named_modules())
+        modules = dict(unwrap(model).named_modules())
         for name, mask in self.channel_masks.items():
             module = modules.get(name)
             if module is None or getattr(module, "weight", None) is None or module.weight.shape != mask.shape:
@@ -128,7 +129,7 @@ class Ticket:
         self._parameters(model)
         for name, mask in self.masks.items():
             module_name, _, parameter_name = name.rpartition(".")
-            module = model.get_submodule(module_name)
+            module = unwrap(model).get_submodule(module_name)
             prune.custom_from_mask(module, parameter_name, mask.to(getattr(module, parameter_name).device))
         return model
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from sparseticket.methods.distributed import unwrap
+
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 OUTPUT = "output"
 
@@ -16,6 +18,7 @@ def prunable_layers(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, 
     ``exclude`` holds module names; ``"output"`` names the last Conv/Linear (the classifier).
     ValueError for a name that is not a prunable module of the model.
     """
+    model = unwrap(model)  # names as in the bare module, also under DistributedDataParallel
     layers = {name: module for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)}
     if not layers:
         raise ValueError("model has no Conv/Linear layer: no weights to prune")
