@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from sparseticket.methods import (
 )
 
 Hook = Callable[[], None]
+SCORING_BATCH = 256  # global batch that SNIP and GraSP score on
 
 
 def sgd(model: nn.Module, lr: float, config: RunConfig) -> torch.optim.SGD:
@@ -69,6 +71,7 @@ class Job:
         return model, ticket.gradient_mask(model)
 
     fresh_model: Callable[[], nn.Module]
+    batch_loader: Callable[..., Any]  # (seed, global batch size) -> this rank's shard of the batches
 
     def state_dict(self) -> dict:
         """Method state for checkpoints."""
@@ -199,7 +202,7 @@ class BaselineJob(Job):
 
     def ticket(self) -> Ticket:
         config, model = self.config, self.model
-        batch = next(iter(self.data.train_loader(batch_size=256, seed=config.seed)))
+        batch = next(iter(self.batch_loader(config.seed, SCORING_BATCH)))  # this rank's part of it
         loss = nn.functional.cross_entropy
         makers = {
             "random": lambda: random_ticket(model, config.density, seed=config.seed),

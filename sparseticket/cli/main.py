@@ -1,6 +1,8 @@
 """``sparseticket`` / ``python -m sparseticket``: search, compare and info.
 
 Bad flags, an unknown model or a missing data directory print one line and exit with code 2.
+Under ``torchrun --nproc_per_node N -m sparseticket search ...`` the processes train one model
+with DistributedDataParallel (gloo on the CPU, NCCL on GPUs); rank 0 writes the files and the log.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from sparseticket.cli import distributed
 from sparseticket.cli.config import METHODS, RunConfig
 from sparseticket.cli.report import summarize_compare, summarize_search
 
@@ -64,6 +67,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="device (default: auto = cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                        help="under torchrun: seconds a rank waits for the others before failing "
+                             f"(default: {distributed.DEFAULT_TIMEOUT_S})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +117,7 @@ def _device(arguments: argparse.Namespace) -> str:
     return arguments.device
 
 
-def _search(arguments: argparse.Namespace) -> None:
+def _search(arguments: argparse.Namespace, processes: distributed.Processes) -> None:
     from sparseticket.cli.search import Search
 
     if arguments.resume is not None:
@@ -124,11 +130,12 @@ def _search(arguments: argparse.Namespace) -> None:
         config = _config(arguments)
         _check(config)
         run_dir = arguments.out / config.run_name()
-    result = Search(config, run_dir, progress=not arguments.no_progress, device=_device(arguments)).run()
-    print(summarize_search(result))
+    result = Search(config, run_dir, progress=not arguments.no_progress, processes=processes).run()
+    if processes.is_main:
+        print(summarize_search(result))
 
 
-def _compare(arguments: argparse.Namespace) -> None:
+def _compare(arguments: argparse.Namespace, processes: distributed.Processes) -> None:
     from sparseticket.cli.search import Search
 
     results = []
@@ -137,12 +144,15 @@ def _compare(arguments: argparse.Namespace) -> None:
         for density in densities:
             config = _config(arguments, method=method, **({"density": density} if density else {}))
             _check(config)
-            print(f"== {method}" + (f" at density {density}" if density else ""), flush=True)
+            if processes.is_main:
+                print(f"== {method}" + (f" at density {density}" if density else ""), flush=True)
             result = Search(config, arguments.out / config.run_name(), progress=not arguments.no_progress,
-                            device=_device(arguments)).run()
-            summarize_search(result)  # the run folder's own summary.md and plots
+                            processes=processes).run()
+            if processes.is_main:
+                summarize_search(result)  # the run folder's own summary.md and plots
             results.append(result)
-    print(summarize_compare(results, arguments.out))
+    if processes.is_main:
+        print(summarize_compare(results, arguments.out))
 
 
 def _info() -> None:
@@ -167,16 +177,24 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(arguments, "device", "auto") == "cuda" and not torch.cuda.is_available():
         print("sparseticket: error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         return 2
+    rank = ""
     try:
-        {"search": _search, "compare": _compare, "info": lambda _: _info()}[arguments.command](arguments)
+        if arguments.command == "info":
+            _info()
+            return 0
+        processes = distributed.start(_device(arguments), arguments.dist_timeout)
+        rank = f" (rank {processes.rank})" if processes.distributed else ""
+        {"search": _search, "compare": _compare}[arguments.command](arguments, processes)
     except KeyboardInterrupt:
-        print("\nsparseticket: interrupted; the run folder resumes with --resume RUN_DIR", file=sys.stderr)
+        print(f"\nsparseticket: interrupted{rank}; the run folder resumes with --resume RUN_DIR", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - user errors become one line
         from sparseticket.experiments.datasets import DatasetUnavailable
 
         if isinstance(error, (ValueError, DatasetUnavailable, FileNotFoundError)):
-            print(f"sparseticket: error: {error}", file=sys.stderr)
+            print(f"sparseticket: error{rank}: {error}", file=sys.stderr)
             return 2
         raise
+    finally:
+        distributed.stop()
     return 0

@@ -5,6 +5,11 @@ latest epoch: phase, epoch, model, optimizer, method state, metrics), ``ticket.s
 the search ends, then ``metrics.csv``, ``summary.md`` and plots. Every file is written atomically,
 so an interrupted run (Ctrl-C included) resumes from its last finished epoch with the same
 result as an uninterrupted one.
+
+Under ``torchrun`` every rank runs the same search on its shard of each global batch
+(``--batch-size`` is the global batch, split by ``DistributedSampler``), with the model wrapped
+in ``DistributedDataParallel``; rank 0 alone writes the run folder and the log, and every rank
+resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from torch import nn
 
 from sparseticket.cli.config import RunConfig
+from sparseticket.cli.distributed import Processes, global_mean
 from sparseticket.cli.files import load_checkpoint, save_checkpoint, write_rows, write_text
 from sparseticket.cli.jobs import make_job
 from sparseticket.experiments.datasets import load_dataset
@@ -44,8 +50,9 @@ class SearchResult:
     extra: dict = field(default_factory=dict)
 
 
-def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, progress: bool, label: str) -> float:
-    """One epoch; returns the mean training loss. ``step`` replaces ``optimizer.step`` when given."""
+def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, progress: bool, label: str
+                 ) -> tuple[float, int]:
+    """One epoch; returns (sum of the losses, examples) on this rank."""
     from tqdm import tqdm
 
     model.train()
@@ -59,17 +66,46 @@ def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, prog
         step()
         total += loss.item() * len(labels)
         count += len(labels)
-    return total / max(count, 1)
+    return total, count
 
 
 class Search:
     """One run of one method, resumable from its run folder."""
 
     def __init__(self, config: RunConfig, run_dir: Path, *, log: Log = print, progress: bool = True,
-                 device: str = "cpu") -> None:
-        self.config, self.run_dir, self.log, self.progress = config, run_dir, log, progress
-        self.device = torch.device(device)
+                 device: str = "cpu", processes: Processes | None = None) -> None:
+        self.processes = processes if processes is not None else Processes(device=torch.device(device))
+        self.config, self.run_dir = config, run_dir
+        self.log = log if self.processes.is_main else (lambda _message: None)
+        self.progress = progress and self.processes.is_main
+        self.device = self.processes.device
         self.checkpoint_path = run_dir / "checkpoint.pt"
+        self._wrapped: dict[int, nn.Module] = {}
+
+    def _write(self, write: Callable[[], None]) -> None:
+        """Run a file write on rank 0 only."""
+        if self.processes.is_main:
+            write()
+
+    def _network(self, model: nn.Module) -> nn.Module:
+        """What the training loop calls: ``model`` itself, or its (one) DDP wrapper when distributed."""
+        if not self.processes.distributed:
+            return model
+        if id(model) not in self._wrapped:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._wrapped[id(model)] = DistributedDataParallel(model)
+        return self._wrapped[id(model)]
+
+    def _loader(self, seed: int, batch_size: int | None = None):
+        """This rank's shard of the global batches (``--batch-size``, or ``batch_size`` rounded down
+        to a multiple of the number of processes)."""
+        world = self.processes.world_size
+        size = self.config.batch_size if batch_size is None else max(world, batch_size - batch_size % world)
+        return self.data.sharded_loader(size, seed, self.processes.rank, world)
+
+    def _epoch_loss(self, total_and_count: tuple[float, int]) -> float:
+        return global_mean(*total_and_count, self.processes)
 
     def _model(self, data) -> nn.Module:
         shape = data.train_images.shape
@@ -80,17 +116,22 @@ class Search:
     def run(self) -> SearchResult:
         """Run (or resume) the search and the fine-tuning; write the run folder."""
         config, run_dir = self.config, self.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.json", config.to_json())
+        if config.batch_size % self.processes.world_size:
+            raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
+                             f"number of processes ({self.processes.world_size})")
+        self._write(lambda: run_dir.mkdir(parents=True, exist_ok=True))
+        self._write(lambda: write_text(run_dir / "config.json", config.to_json()))
         start = time.perf_counter()
-        data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed).to(self.device)
+        data = self.data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed).to(self.device)
         torch.manual_seed(config.seed)
         model = self._model(data)
-        if not (run_dir / "init.pt").exists():
-            save_checkpoint(run_dir / "init.pt", model.state_dict())
-        initial = load_checkpoint(run_dir / "init.pt", self.device)
-        model.load_state_dict(initial)
+        if (run_dir / "init.pt").exists():
+            model.load_state_dict(load_checkpoint(run_dir / "init.pt", self.device))
+        else:  # every rank built the same seeded model; rank 0 keeps it for --resume
+            self._write(lambda: save_checkpoint(run_dir / "init.pt", model.state_dict()))
+        initial = {key: value.clone() for key, value in model.state_dict().items()}
         job = make_job(config, model, data)
+        job.batch_loader = self._loader
         job.fresh_model = lambda: self._model(data)
         state = load_checkpoint(self.checkpoint_path, self.device) if self.checkpoint_path.exists() else None
         rows: list[dict] = list(state["rows"]) if state else []
@@ -111,25 +152,28 @@ class Search:
             search_start = time.perf_counter()
             while not done and epoch < job.search_epochs:
                 epoch += 1
-                loss = _train_epoch(model, data.train_loader(config.batch_size, seed=config.seed * 100_003 + epoch),
-                                    job.optimizer, job.after_backward, job.step, self.progress,
-                                    f"search {epoch}/{job.search_epochs}")
+                loss = self._epoch_loss(_train_epoch(
+                    self._network(model), self._loader(config.seed * 100_003 + epoch), job.optimizer,
+                    job.after_backward, job.step, self.progress, f"search {epoch}/{job.search_epochs}"))
                 done, metrics = job.epoch_end(epoch)
                 row = {"phase": "search", "epoch": epoch, "loss": round(loss, 6),
                        "test_accuracy": round(accuracy(model, data.test_loader()), 6), **metrics}
                 rows.append(row)
                 self._log_row(row, job.search_epochs, search_start, first)
-                save_checkpoint(self.checkpoint_path, {
+                checkpoint = {
                     "phase": "search", "epoch": epoch, "model": model.state_dict(),
                     "optimizer": job.optimizer.state_dict() if job.optimizer is not None else {},
-                    "method": job.state_dict(), "rows": rows, "search_done": done})
+                    "method": job.state_dict(), "rows": rows, "search_done": done}
+                self._write(lambda: save_checkpoint(self.checkpoint_path, checkpoint))
             search_done_epoch = epoch
-            ticket = job.ticket()
-            ticket.save(run_dir / "ticket.safetensors")
-            save_checkpoint(run_dir / "searched.pt", {"model": model.state_dict(), "method": job.state_dict()})
+            ticket = job.ticket()  # collective (e.g. the baselines' checksums): on every rank
+            self._write(lambda: ticket.save(run_dir / "ticket.safetensors"))
+            searched = {"model": model.state_dict(), "method": job.state_dict()}
+            self._write(lambda: save_checkpoint(run_dir / "searched.pt", searched))
             state = None
-        ticket = Ticket.load(run_dir / "ticket.safetensors")
-        searched = load_checkpoint(run_dir / "searched.pt", self.device)
+        else:  # resuming the fine-tuning: the search's results are in the run folder
+            ticket = Ticket.load(run_dir / "ticket.safetensors")
+            searched = load_checkpoint(run_dir / "searched.pt", self.device)
         model.load_state_dict(searched["model"])
         job.load_state_dict(searched["method"])
         finetuned, hook = job.finetune_model(ticket, initial, data.test_images[:16])
@@ -147,18 +191,18 @@ class Search:
                                                            default=0))
         finetune_start = time.perf_counter()
         for epoch in range(first, config.finetune_epochs + 1):
-            loss = _train_epoch(finetuned, data.train_loader(config.batch_size, seed=config.seed * 100_003 + 50_000 + epoch),
-                                optimizer, hook, optimizer.step, self.progress,
-                                f"fine-tune {epoch}/{config.finetune_epochs}")
+            loss = self._epoch_loss(_train_epoch(
+                self._network(finetuned), self._loader(config.seed * 100_003 + 50_000 + epoch), optimizer,
+                hook, optimizer.step, self.progress, f"fine-tune {epoch}/{config.finetune_epochs}"))
             row = {"phase": "finetune", "epoch": epoch, "loss": round(loss, 6),
                    "test_accuracy": round(accuracy(finetuned, data.test_loader()), 6)}
             rows.append(row)
             self._log_row(row, config.finetune_epochs, finetune_start, first)
-            save_checkpoint(self.checkpoint_path, {
-                "phase": "finetune", "epoch": epoch, "model": finetuned.state_dict(),
-                "optimizer": optimizer.state_dict(), "rows": rows, "search_epochs": search_done_epoch})
+            checkpoint = {"phase": "finetune", "epoch": epoch, "model": finetuned.state_dict(),
+                          "optimizer": optimizer.state_dict(), "rows": rows, "search_epochs": search_done_epoch}
+            self._write(lambda: save_checkpoint(self.checkpoint_path, checkpoint))
         final_accuracy = accuracy(finetuned, data.test_loader())
-        write_rows(run_dir / "metrics.csv", rows)
+        self._write(lambda: write_rows(run_dir / "metrics.csv", rows))
         extra = {}
         report = getattr(job, "prune_report", None)
         if report is not None:

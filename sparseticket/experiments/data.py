@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 
 @dataclass
@@ -28,6 +28,23 @@ class Split:
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(TensorDataset(self.train_images, self.train_labels), batch_size=batch_size,
                           shuffle=True, generator=generator)
+
+    def sharded_loader(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """This rank's part of shuffled global batches of ``batch_size`` (``DistributedSampler``).
+
+        The shuffled order depends on ``seed`` only, not on ``world_size``: the union of the ranks'
+        i-th batches is the i-th batch of a single-process run (``world_size=1``) with the same seed
+        (when the training set divides evenly; else the sampler repeats up to ``world_size - 1``
+        samples so that every rank gets as many).
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        if batch_size < world_size or batch_size % world_size:
+            raise ValueError(f"batch_size (the global batch) must be a multiple of the number of processes "
+                             f"({world_size}), got {batch_size}")
+        dataset = TensorDataset(self.train_images, self.train_labels)
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler)
 
     def test_loader(self, batch_size: int = 512) -> DataLoader:
         """Test batches in order."""

@@ -1,0 +1,79 @@
+"""The CLI under ``torchrun``: one process per GPU (or per CPU worker), PyTorch's own process group.
+
+``torchrun --nproc_per_node N -m sparseticket search ...`` sets ``RANK``, ``LOCAL_RANK`` and
+``WORLD_SIZE``; ``start`` then initialises the default process group (NCCL for CUDA, gloo for
+the CPU) with a bounded timeout, so that a rank that dies or errors makes the others fail
+within that time instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands: its rank among ``world_size`` and the device it trains on."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the files and the log."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment names more than one process (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Processes:
+    """Initialise the process group from torchrun's environment (no-op for one process)."""
+    if not launched_by_torchrun():
+        return Processes(device=torch.device(device))
+    if timeout_s <= 0:
+        raise ValueError(f"--dist-timeout must be > 0 seconds, got {timeout_s}")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs on this node: "
+                             "use --nproc_per_node <= the number of GPUs")
+        torch.cuda.set_device(local_rank)
+        placement = torch.device("cuda", local_rank)
+    else:
+        placement = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return Processes(dist.get_rank(), dist.get_world_size(), placement)
+
+
+def stop() -> None:
+    """Tear the process group down (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def global_mean(total: float, count: int, processes: Processes) -> float:
+    """``total / count`` summed over every process (one small all-reduce when distributed)."""
+    if not processes.distributed:
+        return total / max(count, 1)
+    device = processes.device if processes.device.type == "cuda" else torch.device("cpu")
+    sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(sums)
+    return float(sums[0]) / max(float(sums[1]), 1.0)
