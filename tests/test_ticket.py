@@ -95,3 +95,20 @@ def test_mismatched_model_and_bad_masks():
         Ticket({"w": torch.ones(3)}, "test")
     with pytest.raises(FileNotFoundError):
         Ticket.load("/nonexistent/ticket.safetensors")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (0o600); the final file must have 0o666 less the umask."""
+    import os
+    import stat
+
+    from sparseticket.cli.files import write_text
+
+    previous = os.umask(0o022)
+    try:
+        Ticket({"w": torch.ones(3, dtype=torch.bool)}, "test").save(tmp_path / "t.safetensors")
+        write_text(tmp_path / "config.json", "{}")
+    finally:
+        os.umask(previous)
+    for name in ("t.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

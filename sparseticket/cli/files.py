@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from sparseticket.methods.ticket import default_file_mode
+
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(temporary_path)``, then rename the temporary file onto ``path``."""
@@ -17,6 +19,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, default_file_mode())  # mkstemp's 0o600 -> what open() would give
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -26,6 +26,13 @@ FORMAT = "sparseticket-ticket/1"
 _SECTIONS = {"mask": "masks", "score": "scores", "channel": "channel_masks"}
 
 
+def default_file_mode() -> int:
+    """The permissions ``open()`` would give a new file (0o666 less the umask); ``mkstemp`` gives 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @dataclass
 class Ticket:
     """Per-layer masks plus how they were found (method and hyper-parameters)."""
@@ -65,6 +72,7 @@ class Ticket:
         os.close(handle)
         try:
             save_file(tensors, temporary, metadata=metadata)
+            os.chmod(temporary, default_file_mode())  # mkstemp's 0o600 -> what open() would give
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)
