@@ -12,22 +12,34 @@ Each round: train, prune the smallest ``rate`` of the surviving weights, rewind 
         imp.prune_round()
         imp.rewind()
     ticket = imp.ticket()
+
+Distributed: under ``DistributedDataParallel`` wrap the model as usual; ``IMP(ddp_model)`` works
+on ``ddp_model.module``, so names and masks are a single-process run's. Under FSDP2, create IMP
+*after* ``fully_shard`` (on every Linear/Conv block and on the root): masks then hold each rank's
+dim-0 shard, thresholds come from ``sharded_kth_value`` (no rank gathers the weights) with ties
+broken as in a single process, and the masks equal a single-process run's. ``prune_round``,
+``load_state_dict`` and ``ticket`` are then collective (every rank calls them; ``density`` is not);
+``ticket()`` gathers the full masks, the same on every rank. ``state_dict`` holds this rank's
+shards: save and load one per rank.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.distributed import collective_device, unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
-from sparseticket.ops import kth_value, truncate_grads_
+from sparseticket.ops import kth_value, sharded_kth_value, truncate_grads_
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -70,12 +82,78 @@ def _layer_pruned(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Ten
     return prune | ties, ties_left - tie_count
 
 
+# ------------------------------------------------------------ FSDP2 (sharded weights)
+def _is_dtensor(value: object) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (FSDP2's parameters). No DTensor exists
+    before that module is imported: looking it up spares single-process runs its import."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
+
+
+def _is_sharded(names: list[str], weights: list[torch.Tensor]) -> bool:
+    """True when the weights are FSDP2 ``DTensor``s: then all must be, ``Shard(0)`` on one 1-D
+    mesh over every rank of the default process group in rank order (FSDP2's default)."""
+    sharded = [_is_dtensor(weight) for weight in weights]
+    if not any(sharded):
+        return False
+    from torch.distributed.tensor import Shard
+
+    if not all(sharded):
+        raise ValueError(f"IMP: {names[sharded.index(False)]} is not sharded while other weights are "
+                         "(DTensor): call fully_shard on the root module too")
+    mesh = weights[0].device_mesh
+    for name, weight in zip(names, weights):
+        if weight.device_mesh != mesh or tuple(weight.placements) != (Shard(0),):
+            raise ValueError(f"IMP supports FSDP2 sharding along dim 0 on one 1-D mesh; {name} has "
+                             f"placements {tuple(weight.placements)} on {weight.device_mesh}")
+    if mesh.ndim != 1 or mesh.mesh.tolist() != list(range(dist.get_world_size())):
+        raise ValueError(f"IMP: the FSDP2 mesh must hold every rank in rank order (no HSDP or "
+                         f"sub-mesh), got {mesh}")
+    return True
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape on all ranks), stacked in rank order (collective)."""
+    local = tensor.to(collective_device(tensor.device))
+    pieces = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(pieces, local)
+    return torch.stack(pieces).to(tensor.device)
+
+
+def _all_reduce_int(value: int, device: torch.device) -> int:
+    """Sum of ``value`` over the ranks (collective)."""
+    total = torch.tensor([value], dtype=torch.int64, device=collective_device(device))
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def _tie_quotas(below: torch.Tensor, ties: torch.Tensor, count: int) -> list[int]:
+    """This rank's number of ties to prune per layer, from every rank's per-layer counts of
+    entries below the threshold and of ties; the global order is layer, then rank (FSDP2 gives
+    rank r the rows after those of ranks < r), then row-major within the shard."""
+    gathered = _all_gather(torch.stack([below, ties]).cpu())  # [world, 2, layers]
+    ties_left = count - int(gathered[:, 0].sum())
+    ordered = gathered[:, 1].t().reshape(-1)  # (layer, rank) in the global order
+    quotas = (ties_left - (ordered.cumsum(0) - ordered)).clamp(min=0).minimum(ordered)
+    return quotas.view(-1, dist.get_world_size())[:, dist.get_rank()].tolist()
+
+
+def _gather_rows(local: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The bool tensor whose dim-0 shards (rank order, ``rows[r]`` rows on rank r) the ranks hold."""
+    padded = torch.zeros((max(rows), *local.shape[1:]), dtype=torch.uint8, device=local.device)
+    padded[:local.shape[0]] = local
+    pieces = _all_gather(padded)
+    return torch.cat([piece[:count] for piece, count in zip(pieces, rows)]).bool()
+
+
 class IMP:
     """Iterative magnitude pruning with rewinding: one bool mask per Conv/Linear weight.
 
     ``rate``: fraction of the surviving weights pruned per round (global over all layers);
     ``rewind_step``: the step k at which ``capture`` is called (metadata; 0 = before training);
     ``exclude``: module names left dense (``"output"`` = the last Conv/Linear layer).
+    ``model`` may be wrapped in ``DistributedDataParallel`` or sharded with FSDP2's
+    ``fully_shard`` (see the module docstring).
     """
 
     def __init__(
@@ -88,28 +166,63 @@ class IMP:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = unwrap(model)
         self.rate = _check_rate(rate)
         self.rewind_step = _check_rewind_step(rewind_step)
         self.exclude = _check_exclude(exclude)
-        layers = prunable_layers(model, self.exclude)
+        layers = prunable_layers(self.model, self.exclude)
         self.names = [weight_name(name) for name in layers]
-        self.weights = [module.weight for module in layers.values()]
+        self._layers = list(layers.values())
+        self.weights = [module.weight for module in self._layers]
         for name, weight in zip(self.names, self.weights):
             if weight.dtype not in WEIGHT_DTYPES:
                 raise TypeError(f"model: {name} must be float32/float16/bfloat16, got {weight.dtype}")
-        self.masks = [torch.ones_like(weight, dtype=torch.bool) for weight in self.weights]
+        self.sharded = _is_sharded(self.names, self.weights)
+        self._fsdp_modules = self._find_fsdp_modules() if self.sharded else []
+        self.masks = [torch.ones_like(self._local(weight), dtype=torch.bool) for weight in self.weights]
+        self._global_survivors = sum(weight.numel() for weight in self.weights)
         self.round = 0
         self._saved: dict[str, Any] | None = None
 
+    def _find_fsdp_modules(self) -> list[nn.Module]:
+        """The model's FSDP2 modules (their ``reshard()`` makes edits of the shards visible)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return [module for module in self.model.modules() if isinstance(module, FSDPModule)]
+
+    def _local(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of a weight or gradient (the tensor itself when not sharded)."""
+        return tensor.to_local() if self.sharded else tensor
+
+    def _reshard(self) -> None:
+        """Register the sharded parameters again: after a forward without backward, FSDP2 keeps
+        the root's weights unsharded and would not see edits of the shards."""
+        for module in self._fsdp_modules:
+            module.reshard()
+
+    def _check_weights_current(self) -> None:
+        """The weights must still be the model's: ``fully_shard`` after IMP replaces them."""
+        for name, module, weight in zip(self.names, self._layers, self.weights):
+            current = getattr(module, "weight", None)
+            if current is not weight and (self.sharded or _is_dtensor(current)):
+                raise RuntimeError(f"IMP: {name} is no longer the model's parameter (the model was "
+                                   "sharded after IMP was created?): create IMP after fully_shard")
+
     @property
     def density(self) -> float:
-        """Fraction of kept weights over all masked weights."""
-        return self.survivors() / sum(mask.numel() for mask in self.masks)
+        """Fraction of kept weights over all masked weights (all ranks' shards when sharded)."""
+        return self.survivors() / sum(weight.numel() for weight in self.weights)
 
     def survivors(self) -> int:
-        """Number of kept weights over all masked weights."""
+        """Number of kept weights over all masked weights. When sharded, the global count kept
+        since the last ``prune_round``/``load_state_dict``: no collective, so one rank may log it."""
+        if self.sharded:
+            return self._global_survivors
         return sum(int(mask.sum()) for mask in self.masks)
+
+    def _count_survivors(self) -> int:
+        """Survivors over all ranks' shards (collective)."""
+        return _all_reduce_int(sum(int(mask.sum()) for mask in self.masks), self.masks[0].device)
 
     # ------------------------------------------------------------ rewinding
     def capture(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None) -> None:
@@ -136,12 +249,17 @@ class IMP:
     def prune_round(self) -> float:
         """Prune exactly ceil(rate * survivors) surviving weights of smallest |w| (ties by index).
 
-        Returns the new density; the pruned weights are zeroed at once.
+        Returns the new density; the pruned weights are zeroed at once. Collective when sharded.
         """
-        survivors = self.survivors()
+        if self.sharded:
+            self._reshard()
+        self._check_weights_current()
+        survivors = self._count_survivors() if self.sharded else self.survivors()
         if survivors == 0:
             raise ValueError("prune_round: no surviving weights left to prune")
         count = math.ceil(self.rate * survivors)
+        if self.sharded:
+            return self._prune_sharded(survivors, count)
         scores = [torch.where(mask, weight.detach().abs(), math.inf)
                   for weight, mask in zip(self.weights, self.masks)]
         threshold = kth_value(scores, count - 1)
@@ -157,10 +275,38 @@ class IMP:
         self.apply_masks()
         return self.density
 
+    def _prune_sharded(self, survivors: int, count: int) -> float:
+        """``prune_round`` on FSDP2 shards: the global threshold from ``sharded_kth_value``, then
+        each rank prunes its entries below it and its quota of ties (global index order)."""
+        scores = [torch.where(mask, weight.to_local().detach().abs(), math.inf)
+                  for weight, mask in zip(self.weights, self.masks)]
+        threshold = sharded_kth_value(scores, count - 1)
+        if torch.isnan(threshold):
+            raise ValueError("prune_round: the model's prunable weights contain NaN")
+        self.round += 1
+        assert_same_on_all_ranks(torch.tensor([count, threshold.item()], dtype=torch.float64),
+                                 f"IMP's pruning threshold (round {self.round})")
+        threshold = threshold.to(scores[0].device)
+        below = torch.stack([(score < threshold).sum() for score in scores]).to(torch.int64)
+        ties = torch.stack([((score == threshold) & mask).sum() for score, mask in zip(scores, self.masks)])
+        quotas = _tie_quotas(below, ties.to(torch.int64), count)
+        for score, mask, quota in zip(scores, self.masks, quotas):
+            mask &= ~_layer_pruned(score, threshold, mask, quota)[0]
+        self.apply_masks()
+        left = self._global_survivors = self._count_survivors()
+        if left != survivors - count:
+            raise RuntimeError(f"IMP (sharded): pruned {survivors - left} weights instead of {count}; "
+                               "are the FSDP2 shards in rank order along dim 0?")
+        return left / sum(weight.numel() for weight in self.weights)
+
     # ------------------------------------------------------------ training hooks
     def after_backward(self) -> None:
         """Zero the gradients of pruned weights (one fused call); between backward and step."""
-        pairs = [(weight.grad, mask) for weight, mask in zip(self.weights, self.masks) if weight.grad is not None]
+        if self.sharded:
+            pairs = [(weight.grad.to_local(), mask) for weight, mask in zip(self.weights, self.masks)
+                     if weight.grad is not None]
+        else:
+            pairs = [(weight.grad, mask) for weight, mask in zip(self.weights, self.masks) if weight.grad is not None]
         if pairs:
             grads, masks = zip(*pairs)
             truncate_grads_(grads, masks, scale=0.0)
@@ -177,11 +323,16 @@ class IMP:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero the pruned weights of the model in place (one fused call)."""
+        if self.sharded:
+            self._reshard()
+            truncate_grads_([weight.to_local().detach() for weight in self.weights], self.masks, scale=0.0)
+            return
         truncate_grads_([weight.detach() for weight in self.weights], self.masks, scale=0.0)
 
     # ------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot of the masks, the round and the captured model/optimizer/scheduler states."""
+        """A snapshot of the masks, the round and the captured model/optimizer/scheduler states
+        (when sharded: this rank's mask shards and DTensor states; save one file per rank)."""
         saved = self._saved
         return {
             "method": "imp",
@@ -226,12 +377,28 @@ class IMP:
         with torch.no_grad():
             for mask, saved in zip(self.masks, state["masks"]):
                 mask.copy_(saved)
+        if self.sharded:
+            self._global_survivors = self._count_survivors()
         self.round = int(state["round"])
 
     # ------------------------------------------------------------ result
     def ticket(self) -> Ticket:
-        """The current masks as a ``Ticket`` (method ``"imp"``), keyed by parameter name."""
+        """The current masks as a ``Ticket`` (method ``"imp"``), keyed by parameter name.
+
+        When sharded, a collective: every rank gets the full masks (gathered from the shards).
+        """
         hyperparameters = {"rate": self.rate, "rewind_step": self.rewind_step, "rounds": self.round,
                            "exclude": list(self.exclude)}
-        masks = {name: mask.clone() for name, mask in zip(self.names, self.masks)}
+        full = self._full_masks() if self.sharded else [mask.clone() for mask in self.masks]
+        masks = dict(zip(self.names, full))
         return Ticket(masks=masks, method="imp", hyperparameters=hyperparameters)
+
+    def _full_masks(self) -> list[torch.Tensor]:
+        """Every layer's full mask, gathered from the ranks' dim-0 shards (collective)."""
+        rows = _all_gather(torch.tensor([mask.shape[0] for mask in self.masks], dtype=torch.int64))
+        full = [_gather_rows(mask, rows[:, index].tolist()) for index, mask in enumerate(self.masks)]
+        for name, mask, weight in zip(self.names, full, self.weights):
+            if mask.shape != weight.shape:
+                raise RuntimeError(f"IMP: gathered mask of {name} has shape {tuple(mask.shape)}, "
+                                   f"expected {tuple(weight.shape)}")
+        return full
