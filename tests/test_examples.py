@@ -27,3 +27,13 @@ def test_ddp_worm_example(tmp_path):
     assert ticket.method == "worm" and ticket.hyperparameters["found_epoch"] is not None
     kept = sum(int(mask.sum()) for mask in ticket.channel_masks.values())
     assert f"{kept}/" in output and 0 < kept < sum(m.numel() for m in ticket.channel_masks.values())
+
+
+def test_fsdp_imp_example(tmp_path):
+    output = _torchrun("fsdp_imp.py", tmp_path)
+    for round_index, density in enumerate(("0.5000", "0.2500", "0.1250"), start=1):
+        assert f"round {round_index}: density {density} (rank 0 holds 24576 of 49152" in output
+    ticket = Ticket.load(tmp_path / "fsdp_imp.safetensors")
+    assert {name: tuple(mask.shape) for name, mask in ticket.masks.items()} == {"1.weight": (256, 64),
+                                                                                "3.weight": (128, 256)}
+    assert abs(ticket.density() - 0.125) < 1e-9  # full masks gathered from the two shards
