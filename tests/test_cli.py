@@ -35,7 +35,7 @@ def test_search_writes_a_complete_run_folder(tmp_path, capsys, method, extra):
     assert {"config.json", "metrics.csv", "ticket.safetensors", "summary.md", "layer_density.png"} <= names
     config = json.loads((run / "config.json").read_text())
     assert config["method"] == method and config["width"] == 8
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert rows[-1]["phase"] == "finetune" and rows[-1]["epoch"] == "2"
     ticket = Ticket.load(run / "ticket.safetensors")
     assert ticket.method == method
