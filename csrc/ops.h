@@ -17,6 +17,7 @@ std::tuple<at::Tensor, at::Tensor> mask_distances(const at::Tensor& importance, 
                                                   const std::optional<at::Tensor>& static_runs);
 
 at::Tensor kth_value(at::TensorList values, int64_t k);
+at::Tensor digit_histogram(at::TensorList values, int64_t shift, int64_t prefix);
 
 at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags);
 std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad, const at::Tensor& weight,

@@ -10,6 +10,7 @@ TORCH_LIBRARY(sparseticket_cpu, m) {
   m.def("pack_mask(Tensor mask) -> Tensor");
   m.def("unpack_mask(Tensor packed, int count) -> Tensor");
   m.def("kth_value(Tensor[] values, int k) -> Tensor");
+  m.def("digit_histogram(Tensor[] values, int shift, int prefix) -> Tensor");
   m.def("mask_distances(Tensor importance, Tensor threshold, Tensor history, Tensor(a!)? static_runs) "
         "-> (Tensor, Tensor)");
   m.def("gemminer_mask(Tensor weight, Tensor scores, Tensor flags) -> Tensor");
@@ -24,6 +25,7 @@ TORCH_LIBRARY_IMPL(sparseticket_cpu, CompositeExplicitAutograd, m) {
   m.impl("pack_mask", &sparseticket::pack_mask);
   m.impl("unpack_mask", &sparseticket::unpack_mask);
   m.impl("kth_value", &sparseticket::kth_value);
+  m.impl("digit_histogram", &sparseticket::digit_histogram);
   m.impl("mask_distances", &sparseticket::mask_distances);
   m.impl("gemminer_mask", &sparseticket::gemminer_mask);
   m.impl("gemminer_mask_backward", &sparseticket::gemminer_mask_backward);

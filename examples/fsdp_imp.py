@@ -2,8 +2,8 @@
 
     torchrun --nproc_per_node 2 examples/fsdp_imp.py            # CPU (gloo) or one GPU per process (NCCL)
 
-The global magnitude threshold of each round comes from ``sharded_kth_value`` (two all-reduced
-histograms); each rank prunes its own shard; ``imp.ticket()`` gathers the full masks.
+The global magnitude threshold of each round comes from ``sharded_kth_value`` (four all-reduced
+256-bin digit histograms); each rank prunes its own shard; ``imp.ticket()`` gathers the full masks.
 """
 
 from __future__ import annotations

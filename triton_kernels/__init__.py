@@ -7,11 +7,12 @@ module lists how to compile its kernels ahead of time for a GPU target.
 """
 
 from sparseticket.triton_kernels.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
-from sparseticket.triton_kernels.kth import kth_value
+from sparseticket.triton_kernels.kth import digit_histogram, kth_value
 from sparseticket.triton_kernels.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.triton_kernels.truncate import truncate_grads_
 
 __all__ = [
+    "digit_histogram",
     "gemminer_mask",
     "gemminer_mask_backward",
     "gemminer_step_",

@@ -1,4 +1,5 @@
-"""Triton kernels for ``kth_value``: exact radix select over a list of tensors.
+"""Triton kernels for ``kth_value`` (exact radix select over a list of tensors) and
+``digit_histogram`` (one histogram pass of it, for selections across ranks).
 
 Each value maps to an order-preserving 32-bit key. Four passes, one 8-bit digit each (most
 significant first): a histogram pass counts the digit among elements whose higher digits match
@@ -89,6 +90,20 @@ def kth_value(values: list[torch.Tensor], k: int) -> torch.Tensor:
         )
         select_digit_kernel[(1,)](state, histograms[step], result, FINAL=shift == 0)
     return result.to(values[0].dtype)
+
+
+def digit_histogram(values: list[torch.Tensor], shift: int, prefix: int) -> torch.Tensor:
+    """Counts of one 8-bit digit of the order keys (contract: reference.kth.digit_histogram):
+    one launch of the histogram pass of ``kth_value``."""
+    device = values[0].device
+    table = block_table([values], [1] * len(values), BLOCK, device)
+    state = torch.tensor([prefix, 0], dtype=torch.int64).to(device)
+    histogram = torch.zeros(BINS, dtype=torch.int32, device=device)
+    digit_histogram_kernel[(table.blocks,)](
+        table.pointers[0], table.numels, table.block_first, table.block_tensor, state, histogram,
+        DTYPE=triton_dtype(values[0].dtype), SHIFT=shift, ALIGNED=all_aligned(values), BLOCK=BLOCK,
+    )
+    return histogram.to(torch.int64)
 
 
 AOT_SPECS = [

@@ -7,7 +7,7 @@ interpreter (tests), ``backends()`` says what is active.
 
 from sparseticket.ops._backend import CPU_BACKENDS, backends, cpu_backend, kernels_for
 from sparseticket.ops.gemminer import gemminer_mask, gemminer_step_
-from sparseticket.ops.kth import kth_value
+from sparseticket.ops.kth import digit_histogram, kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.ops.sharded import sharded_kth_value
 from sparseticket.ops.truncate import truncate_grads_
@@ -16,6 +16,7 @@ __all__ = [
     "CPU_BACKENDS",
     "backends",
     "cpu_backend",
+    "digit_histogram",
     "gemminer_mask",
     "gemminer_step_",
     "kernels_for",

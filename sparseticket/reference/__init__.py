@@ -7,11 +7,12 @@ with ``csrc/`` and ``triton_kernels/`` (see each function's docstring).
 """
 
 from sparseticket.reference.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
-from sparseticket.reference.kth import kth_value
+from sparseticket.reference.kth import digit_histogram, kth_value
 from sparseticket.reference.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.reference.truncate import truncate_grads_
 
 __all__ = [
+    "digit_histogram",
     "gemminer_mask",
     "gemminer_mask_backward",
     "gemminer_step_",
