@@ -11,14 +11,12 @@ plain single-process call on the whole batch.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import WORLD, init_gloo, spawn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,7 +35,6 @@ from sparseticket.methods import (
     synflow_ticket,
 )
 
-WORLD = 2
 GLOBAL_BATCH = 64
 STEPS_PER_EPOCH = 4
 METHODS = ("earlybird", "worm", "gemminer", "imp")
@@ -160,16 +157,8 @@ def _run_all(rank: int | None) -> dict:
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
 def _worker(rank: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    init_gloo(rank, port)
     try:
         results[rank] = _run_all(rank)
     finally:
@@ -179,8 +168,7 @@ def _worker(rank: int, port: int, results) -> None:
 @pytest.fixture(scope="module")
 def runs() -> dict:
     """{0: rank 0's results, 1: rank 1's, "single": the single-process reference}."""
-    results = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    results = spawn(_worker)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -3,12 +3,9 @@ rank, and a divergence between ranks becomes an error on every rank instead of a
 
 from __future__ import annotations
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import WORLD, init_gloo, spawn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -17,23 +14,9 @@ from sparseticket.experiments.models import vgg_small
 from sparseticket.methods import IMP, WORM
 from sparseticket.methods.consistency import assert_same_on_all_ranks
 
-WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
-def _init(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-
 
 def _worm_worker(rank: int, port: int, results) -> None:
-    _init(rank, port)
+    init_gloo(rank, port)
     try:
         data = load_digits_split()
         torch.manual_seed(0)
@@ -62,14 +45,13 @@ def _worm_worker(rank: int, port: int, results) -> None:
 
 
 def test_worm_and_imp_agree_on_every_rank():
-    results = mp.Manager().dict()
-    mp.spawn(_worm_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    results = spawn(_worm_worker)
     assert results[0] == results[1]
     assert results[0]["history"][-1]  # the queue was filled: distances exist
 
 
 def _divergence_worker(rank: int, port: int, results) -> None:
-    _init(rank, port)
+    init_gloo(rank, port)
     try:
         mask = torch.tensor([True, False, rank == 1])
         try:
@@ -82,17 +64,14 @@ def _divergence_worker(rank: int, port: int, results) -> None:
 
 
 def test_divergence_raises_on_every_rank():
-    results = mp.Manager().dict()
-    mp.spawn(_divergence_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    results = spawn(_divergence_worker)
     assert all("test mask differs between ranks" in results[rank] for rank in range(WORLD))
 
 
-def _error_worker(rank: int, port: int, linger: bool, results) -> None:
-    import datetime
+def _error_worker(rank: int, port: int, results, linger: bool) -> None:
     import time
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=5))
+    init_gloo(rank, port, timeout_s=5)
     start = time.monotonic()
     try:
         if rank == 1:
@@ -108,7 +87,6 @@ def _error_worker(rank: int, port: int, linger: bool, results) -> None:
 
 def test_error_on_one_rank_surfaces_on_the_other_within_the_timeout():
     for linger in (False, True):
-        results = mp.Manager().dict()
-        mp.spawn(_error_worker, args=(_free_port(), linger, results), nprocs=WORLD, join=True)
+        results = spawn(_error_worker, linger)
         assert results[1] == "raised"
         assert isinstance(results[0], float) and results[0] < 7.0, (linger, results[0])

@@ -4,45 +4,23 @@ shard, many tied magnitudes), checkpoints round-trip per rank, and misuse raises
 
 from __future__ import annotations
 
-import datetime
 import io
-import os
-import socket
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import WORLD, init_gloo, spawn
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from sparseticket.methods.imp import IMP
 
-WORLD = 2
 RATE = 0.3
 STEPS = 4  # training steps per round (rounds 2 and 3; round 1 prunes at initialisation)
 BATCH = 8  # global batch: each rank trains on BATCH // WORLD samples
-
-
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
-def _init(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
-
-
-def _spawn(worker: Callable, *args) -> dict:
-    results = mp.Manager().dict()
-    mp.spawn(worker, args=(_free_port(), results, *args), nprocs=WORLD, join=True)
-    return dict(results)
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -117,7 +95,7 @@ def run_schedule(model: nn.Module, imp: IMP, rows: slice) -> dict:
 
 # ------------------------------------------------------------------ FSDP2 vs single process
 def _fsdp_worker(rank: int, port: int, results) -> None:
-    _init(rank, port)
+    init_gloo(rank, port)
     try:
         model = shard(mlp())
         imp = IMP(model, rate=RATE)
@@ -146,7 +124,7 @@ def _fsdp_worker(rank: int, port: int, results) -> None:
 
 
 def test_fsdp_imp_equals_single_process_imp():
-    results = _spawn(_fsdp_worker)
+    results = spawn(_fsdp_worker)
     model = mlp()
     reference = run_schedule(model, IMP(model, rate=RATE), slice(None))
     assert results[0]["local_shapes"] == [(12, 16), (7, 24)]  # 24 rows: 12 + 12; 13 rows: 7 + 6
@@ -183,7 +161,7 @@ TIE_ROUNDS = 5
 
 
 def _ties_worker(rank: int, port: int, results) -> None:
-    _init(rank, port)
+    init_gloo(rank, port)
     try:
         found = {}
         for seed, rate in TIE_CASES:
@@ -200,7 +178,7 @@ def _ties_worker(rank: int, port: int, results) -> None:
 
 
 def test_fsdp_ties_and_an_empty_shard_match_single_process():
-    results = _spawn(_ties_worker)
+    results = spawn(_ties_worker)
     assert results[0][(0, 0.2)]["local_shapes"] == [(3, 8), (1, 5), (2, 1)]
     assert results[1][(0, 0.2)]["local_shapes"] == [(2, 8), (0, 5), (1, 1)]  # rank 1: no row of 2.weight
     for seed, rate in TIE_CASES:
@@ -219,7 +197,7 @@ def test_fsdp_ties_and_an_empty_shard_match_single_process():
 
 # ------------------------------------------------------------------ DDP, resharding, misuse
 def _misc_worker(rank: int, port: int, results) -> None:
-    _init(rank, port)
+    init_gloo(rank, port)
     try:
         found = {}
         # DDP: IMP(ddp_model) works on the bare module, with its names and masks
@@ -264,7 +242,7 @@ def _error(function: Callable) -> str:
 
 
 def test_ddp_model_resharding_and_misuse():
-    results = _spawn(_misc_worker)
+    results = spawn(_misc_worker)
     for rank in range(WORLD):
         found = results[rank]
         assert found["ddp_model_is_module"]

@@ -3,23 +3,14 @@ all-equal values, a rank with no elements, NaN), and bad k fails on every rank."
 
 from __future__ import annotations
 
-import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import WORLD, init_gloo, spawn
 
 from sparseticket.ops import kth_value, sharded_kth_value
 
-WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
 
 
 def _cases() -> dict[str, list[list[torch.Tensor]]]:
@@ -37,8 +28,7 @@ def _cases() -> dict[str, list[list[torch.Tensor]]]:
 
 
 def _worker(rank: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    init_gloo(rank, port)
     try:
         answers = {}
         for name, shards in _cases().items():
@@ -57,8 +47,7 @@ def _worker(rank: int, port: int, results) -> None:
 
 
 def test_two_ranks_agree_with_single_process():
-    results = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
+    results = spawn(_worker)
     assert results[0] == results[1]
     for name, shards in _cases().items():
         everything = [t for rank in shards for t in rank]
