@@ -106,3 +106,13 @@ def test_torchrun_search_writes_once_and_resumes_after_ctrl_c(tmp_path):
     found, expected = Ticket.load(cut / "ticket.safetensors"), Ticket.load(reference / "ticket.safetensors")
     assert expected.channel_masks and found.channel_masks.keys() == expected.channel_masks.keys()
     assert all(torch.equal(found.channel_masks[k], expected.channel_masks[k]) for k in expected.channel_masks)
+
+
+def test_global_batch_must_split_evenly_before_anything_is_written(tmp_path):
+    from sparseticket.cli.config import RunConfig
+    from sparseticket.cli.distributed import Processes
+    from sparseticket.cli.search import Search
+
+    with pytest.raises(ValueError, match="must be a multiple of the number of processes"):
+        Search(RunConfig(batch_size=63), tmp_path / "run", processes=Processes(rank=0, world_size=2)).run()
+    assert not (tmp_path / "run").exists()
