@@ -40,7 +40,7 @@ def test_search_writes_a_complete_run_folder(tmp_path, capsys, method, extra):
     ticket = Ticket.load(run / "ticket.safetensors")
     assert ticket.method == method
     if method != "worm":
-        assert abs(ticket.density() - config["density"]) < 0.02 or method == "imp"
+        assert abs(ticket.density() - config["density"]) < 0.02
     else:
         assert "mask_distance.png" in names and ticket.channel_masks
     assert (run / "layer_density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

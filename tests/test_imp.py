@@ -210,3 +210,30 @@ def test_bad_arguments_raise():
         model[0].weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         IMP(model, rate=0.9).prune_round()
+
+
+def test_min_density_makes_the_last_round_land_on_the_target():
+    """Rounds prune ceil(rate * survivors) until that would pass round(min_density * total): then
+    exactly down to it (smallest |w| first, as the NumPy reference), then nothing more."""
+    target, rate = 0.2, 0.3
+    imp = IMP(mlp(), rate=rate)
+    weights = [weight.detach().numpy().copy() for weight in imp.weights]
+    magnitudes = np.concatenate([np.abs(weight).ravel() for weight in weights])
+    floor = round(target * magnitudes.size)
+    keep = np.ones(magnitudes.size, dtype=bool)
+    for round_index in range(7):
+        count = min(math.ceil(rate * int(keep.sum())), int(keep.sum()) - floor)
+        if count > 0:
+            order = np.argsort(np.where(keep, magnitudes, np.inf), kind="stable")
+            keep[order[:count]] = False
+        density = imp.prune_round(min_density=target)
+        assert density == int(keep.sum()) / magnitudes.size, round_index
+        found = np.concatenate([mask.numpy().ravel() for mask in imp.masks])
+        np.testing.assert_array_equal(found, keep, err_msg=str(round_index))
+    assert imp.survivors() == floor and imp.round == 5  # 5 rounds pruned, the last two did nothing
+
+
+@pytest.mark.parametrize("value, error", [(0.0, ValueError), (1.5, ValueError), (True, TypeError), ("0.1", TypeError)])
+def test_min_density_must_be_a_fraction(value, error):
+    with pytest.raises(error, match="min_density"):
+        IMP(mlp()).prune_round(min_density=value)

@@ -178,7 +178,7 @@ class IMPJob(Job):
 
     def epoch_end(self, epoch: int) -> tuple[bool, dict]:
         if epoch % self.config.round_epochs == 0:
-            self.method.prune_round()
+            self.method.prune_round(min_density=self.config.density)  # the last round lands on it
             self.method.rewind()
         return epoch >= self.search_epochs, {"density": self.method.density, "round": self.method.round}
 

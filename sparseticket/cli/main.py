@@ -36,7 +36,7 @@ _HELP = {
     "density": "weight methods: target density (fraction of weights kept)",
     "period": "Gem-Miner: freeze every T epochs", "l2": "Gem-Miner: lambda of lambda*||p||^2",
     "score_lr": "Gem-Miner: score learning rate (paper: 0.1 for hundreds of epochs on CIFAR)",
-    "rate": "IMP: fraction of surviving weights pruned per round", "rewind_step": "IMP: rewind step k (iterations)",
+    "rate": "IMP: fraction of surviving weights pruned per round (the last round stops at --density)", "rewind_step": "IMP: rewind step k (iterations)",
     "round_epochs": "IMP: training epochs per round",
 }
 

@@ -246,10 +246,13 @@ class IMP:
 
     # ------------------------------------------------------------ pruning
     @torch.no_grad()
-    def prune_round(self) -> float:
+    def prune_round(self, *, min_density: float | None = None) -> float:
         """Prune exactly ceil(rate * survivors) surviving weights of smallest |w| (ties by index).
 
-        Returns the new density; the pruned weights are zeroed at once. Collective when sharded.
+        ``min_density``: never go below ``round(min_density * total)`` survivors, so that the last
+        round of a schedule lands on the target density instead of overshooting it (a round with
+        nothing left to prune changes nothing). Returns the new density; the pruned weights are
+        zeroed at once. Collective when sharded.
         """
         if self.sharded:
             self._reshard()
@@ -258,6 +261,10 @@ class IMP:
         if survivors == 0:
             raise ValueError("prune_round: no surviving weights left to prune")
         count = math.ceil(self.rate * survivors)
+        if min_density is not None:
+            count = min(count, survivors - self._floor_count(min_density))
+            if count <= 0:
+                return survivors / sum(weight.numel() for weight in self.weights)
         if self.sharded:
             return self._prune_sharded(survivors, count)
         scores = [torch.where(mask, weight.detach().abs(), math.inf)
@@ -274,6 +281,14 @@ class IMP:
                                  f"IMP's masks (round {self.round})")
         self.apply_masks()
         return self.density
+
+    def _floor_count(self, min_density: object) -> int:
+        """Survivors that ``min_density`` keeps: round(min_density * total), as the baselines do."""
+        if isinstance(min_density, bool) or not isinstance(min_density, (int, float)):
+            raise TypeError(f"min_density must be a float in (0, 1], got {type(min_density).__name__}")
+        if not 0 < min_density <= 1:
+            raise ValueError(f"min_density must be in (0, 1], got {min_density!r}")
+        return round(min_density * sum(weight.numel() for weight in self.weights))
 
     def _prune_sharded(self, survivors: int, count: int) -> float:
         """``prune_round`` on FSDP2 shards: the global threshold from ``sharded_kth_value``, then
