@@ -11,8 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sparseticket.experiments.data import load_digits_split
 from sparseticket.experiments.models import vgg_small
-from sparseticket.methods import IMP, WORM
-from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods import IMP, WORM, EarlyBird
+from sparseticket.methods.consistency import assert_same_on_all_ranks, rank_checks, rank_checks_enabled
 
 
 def _worm_worker(rank: int, port: int, results) -> None:
@@ -54,18 +54,37 @@ def _divergence_worker(rank: int, port: int, results) -> None:
     init_gloo(rank, port)
     try:
         mask = torch.tensor([True, False, rank == 1])
+        found = {}
         try:
             assert_same_on_all_ranks(mask, "test mask")
-            results[rank] = "no error"
+            found["checked"] = "no error"
         except RuntimeError as error:
-            results[rank] = str(error)
+            found["checked"] = str(error)
+        # one model per rank on purpose (a sweep): with the checks off, EarlyBird runs on each
+        torch.manual_seed(rank)
+        model = vgg_small(width=8)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.weight.uniform_()  # gammas differ between the ranks
+        with rank_checks(False):
+            assert_same_on_all_ranks(mask, "test mask")
+            earlybird = EarlyBird(model, queue=2)
+            for _ in range(2):
+                earlybird.epoch_end()
+        found["independent_masks"] = {k: v.tolist() for k, v in earlybird.channel_mask().items()}
+        found["enabled_after"] = rank_checks_enabled()
+        results[rank] = found
     finally:
         dist.destroy_process_group()
 
 
-def test_divergence_raises_on_every_rank():
+def test_divergence_raises_on_every_rank_unless_checks_are_off():
     results = spawn(_divergence_worker)
-    assert all("test mask differs between ranks" in results[rank] for rank in range(WORLD))
+    assert all("test mask differs between ranks" in results[rank]["checked"] for rank in range(WORLD))
+    assert "rank_checks(False)" in results[0]["checked"]  # the error names the way out
+    assert results[0]["independent_masks"] != results[1]["independent_masks"]  # they did differ
+    assert results[0]["enabled_after"] and results[1]["enabled_after"]
 
 
 def _error_worker(rank: int, port: int, results, linger: bool) -> None:
