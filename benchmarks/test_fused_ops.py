@@ -55,13 +55,20 @@ def _bn_case(shapes):
     return gammas, grads, keep
 
 
-@pytest.mark.parametrize("way", ["loop", "foreach", "compiled", "fused"])
+@pytest.mark.parametrize("way", ["loop", "foreach", "compiled", "fused", "fused_plan"])
 def test_earlybird_worm_bn_update(benchmark, network, way):
-    """EarlyBird's L1 on every BN gamma plus WORM's per-channel scaling of its gradient."""
+    """EarlyBird's L1 on every BN gamma plus WORM's per-channel scaling of its gradient.
+    ``fused_plan``: the same op through a TruncationPlan (lists checked once), as the methods call it."""
     name, shapes = network
     gammas, grads, keep = _bn_case(shapes)
     benchmark.group = f"EB L1 + WORM scale, {len(gammas)} BN layers ({name})"
     factors = [mask.float() + CHI * (~mask).float() for mask in keep]
+    if way == "fused_plan":
+        params = [torch.nn.Parameter(gamma) for gamma in gammas]
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        benchmark(ops.TruncationPlan(params, keep, scale=CHI, l1=L1))
+        return
 
     def loop():
         for gamma, grad, factor in zip(gammas, grads, factors):
@@ -84,7 +91,7 @@ def test_earlybird_worm_bn_update(benchmark, network, way):
     benchmark(run)
 
 
-@pytest.mark.parametrize("way", ["loop", "foreach", "compiled", "fused"])
+@pytest.mark.parametrize("way", ["loop", "foreach", "compiled", "fused", "fused_plan"])
 def test_imp_masked_gradients(benchmark, network, way):
     """Zeroing the gradients of pruned weights (IMP), every conv/linear weight of the network."""
     name, shapes = network
@@ -92,6 +99,12 @@ def test_imp_masked_gradients(benchmark, network, way):
     keep = [torch.rand(grad.shape) > 0.8 for grad in grads]
     benchmark.group = f"IMP masked grads, {len(grads)} tensors, {_numel(grads) / 1e6:.1f}M ({name})"
     factors = [mask.float() for mask in keep]
+    if way == "fused_plan":
+        params = [torch.nn.Parameter(torch.empty_like(grad)) for grad in grads]
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        benchmark(ops.TruncationPlan(params, keep))
+        return
 
     def loop():
         for grad, factor in zip(grads, factors):

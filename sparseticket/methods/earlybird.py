@@ -24,7 +24,7 @@ from sparseticket.methods.bn_channels import (
     channel_layers,
     relative_importance,
 )
-from sparseticket.ops import mask_distances, truncate_grads_, unpack_mask
+from sparseticket.ops import TruncationPlan, mask_distances, unpack_mask
 
 
 @dataclass
@@ -84,20 +84,17 @@ class EarlyBird:
         self.trackers = [RatioTracker(r) for r in _check_ratios(ratio)]
         self.epoch = 0
         self.prune_report = None
-        self._all_kept = self._keep_everything()
+        self._l1_plan: TruncationPlan | None = None  # made on the first step, on the model's device
 
     # ----------------------------------------------------------------- per step
     def after_backward(self) -> None:
         """Add l1*sign(gamma) to every tracked scale's gradient (one fused call); before optimizer.step()."""
         if self.l1 == 0.0:
             return
-        if self._all_kept[0].device != self.layers[0].gamma.device:  # the model moved since __init__
-            self._all_kept = self._keep_everything()
-        trainable = [(layer.gamma, keep) for layer, keep in zip(self.layers, self._all_kept)
-                     if layer.gamma.grad is not None]
-        if trainable:
-            truncate_grads_([gamma.grad for gamma, _ in trainable], [keep for _, keep in trainable],
-                            scale=1.0, params=[gamma for gamma, _ in trainable], l1=self.l1)
+        if self._l1_plan is None or self._l1_plan.device != self.layers[0].gamma.device:  # first step, or moved
+            self._l1_plan = TruncationPlan([layer.gamma for layer in self.layers], self._keep_everything(),
+                                           scale=1.0, l1=self.l1)
+        self._l1_plan()
 
     def _keep_everything(self) -> list[torch.Tensor]:
         return [torch.ones(layer.stop - layer.start, dtype=torch.bool, device=layer.gamma.device)

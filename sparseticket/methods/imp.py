@@ -39,7 +39,7 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import collective_device, unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
-from sparseticket.ops import kth_value, sharded_kth_value, truncate_grads_
+from sparseticket.ops import TruncationPlan, kth_value, sharded_kth_value, truncate_grads_
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -181,6 +181,7 @@ class IMP:
         self._fsdp_modules = self._find_fsdp_modules() if self.sharded else []
         self.masks = [torch.ones_like(self._local(weight), dtype=torch.bool) for weight in self.weights]
         self._global_survivors = sum(weight.numel() for weight in self.weights)
+        self._grad_plan: TruncationPlan | None = None
         self.round = 0
         self._saved: dict[str, Any] | None = None
 
@@ -317,11 +318,13 @@ class IMP:
     # ------------------------------------------------------------ training hooks
     def after_backward(self) -> None:
         """Zero the gradients of pruned weights (one fused call); between backward and step."""
-        if self.sharded:
-            pairs = [(weight.grad.to_local(), mask) for weight, mask in zip(self.weights, self.masks)
-                     if weight.grad is not None]
-        else:
-            pairs = [(weight.grad, mask) for weight, mask in zip(self.weights, self.masks) if weight.grad is not None]
+        if not self.sharded:
+            if self._grad_plan is None:  # the masks are edited in place: one plan serves every round
+                self._grad_plan = TruncationPlan(self.weights, self.masks, scale=0.0)
+            self._grad_plan()
+            return
+        pairs = [(weight.grad.to_local(), mask) for weight, mask in zip(self.weights, self.masks)
+                 if weight.grad is not None]
         if pairs:
             grads, masks = zip(*pairs)
             truncate_grads_(grads, masks, scale=0.0)

@@ -14,7 +14,7 @@ from torch import nn
 
 from sparseticket.methods.bn_channels import ChannelLayer
 from sparseticket.methods.earlybird import EarlyBird, RatioTracker
-from sparseticket.ops import truncate_grads_
+from sparseticket.ops import TruncationPlan
 
 STATIC_DEFINITIONS = ("newest", "queue")
 
@@ -70,7 +70,7 @@ class WORM(EarlyBird):
         self.trigger_epoch: int | None = None
         self.filters = [producing_layer(model, layer) for layer in self.layers] if truncate_filters else []
         self._keep: list[torch.Tensor] = []  # per layer: True where the channel is not static
-        self._zero_params: dict[tuple, torch.Tensor] = {}
+        self._plans: list[TruncationPlan] = []  # made from _keep: scales and shifts, then filters
 
     @classmethod
     def for_transformers(cls, model: nn.Module, **overrides) -> WORM:
@@ -105,6 +105,23 @@ class WORM(EarlyBird):
         """Per-layer keep masks (True = not static) from the newest mask of the queue."""
         keep = ~self._static_flat(self.trackers[0])
         self._keep = [keep[layer.start:layer.stop].contiguous() for layer in self.layers]
+        self._plans = self._truncation_plans()
+
+    def _truncation_plans(self) -> list[TruncationPlan]:
+        """Gamma (with EarlyBird's L1) and beta of every layer, then the producing filters, scaled
+        by chi where the channel is static: two launches a step at most."""
+        params, keep, signs = [], [], []
+        for layer, mask in zip(self.layers, self._keep):
+            for tensor, sign_source in ((layer.gamma, layer.gamma), (layer.beta, None)):
+                if tensor is not None:
+                    params.append(tensor)
+                    keep.append(mask)
+                    # zeros stand in for beta's sign: sign(0) = 0, so beta gets no L1 term
+                    signs.append(sign_source if sign_source is not None else torch.zeros_like(tensor))
+        plans = [TruncationPlan(params, keep, scale=self.chi, l1=self.l1, l1_params=signs)]
+        if self.filters:
+            plans.append(TruncationPlan([f.weight for f in self.filters], self._keep, scale=self.chi))
+        return plans
 
     def state_dict(self) -> dict[str, Any]:
         """EarlyBird's state plus the trigger state (the keep masks are rebuilt from the queue)."""
@@ -115,7 +132,7 @@ class WORM(EarlyBird):
         super().load_state_dict(state)
         self.truncating = state["truncating"]
         self.trigger_epoch = state["trigger_epoch"]
-        self._keep = []
+        self._keep, self._plans = [], []
         if self.truncating:
             self._refresh_keep()
 
@@ -124,22 +141,9 @@ class WORM(EarlyBird):
         if not self.truncating:
             super().after_backward()
             return
-        grads, keep, params = [], [], []
-        for layer, mask in zip(self.layers, self._keep):
-            for tensor, sign_source in ((layer.gamma, layer.gamma), (layer.beta, None)):
-                if tensor is not None and tensor.grad is not None:
-                    grads.append(tensor.grad)
-                    keep.append(mask)
-                    params.append(sign_source if sign_source is not None else self._zeros(tensor))
-        if grads:
-            truncate_grads_(grads, keep, scale=self.chi, params=params, l1=self.l1)
-        filter_grads = [(f.weight.grad, mask) for f, mask in zip(self.filters, self._keep) if f.weight.grad is not None]
-        if filter_grads:
-            truncate_grads_([grad for grad, _ in filter_grads], [mask for _, mask in filter_grads], scale=self.chi)
-
-    def _zeros(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Zeros standing in for beta's params: sign(0) = 0, so beta gets no L1 term."""
-        key = (tensor.shape, tensor.device, tensor.dtype)
-        if key not in self._zero_params:
-            self._zero_params[key] = torch.zeros_like(tensor)
-        return self._zero_params[key]
+        device = self.layers[0].gamma.device
+        if self._plans[0].device != device:  # the model moved since the trigger
+            self._keep = [mask.to(device) for mask in self._keep]
+            self._plans = self._truncation_plans()
+        for plan in self._plans:
+            plan()

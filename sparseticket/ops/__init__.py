@@ -10,10 +10,11 @@ from sparseticket.ops.gemminer import gemminer_mask, gemminer_step_
 from sparseticket.ops.kth import digit_histogram, kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.ops.sharded import sharded_kth_value
-from sparseticket.ops.truncate import truncate_grads_
+from sparseticket.ops.truncate import TruncationPlan, truncate_grads_
 
 __all__ = [
     "CPU_BACKENDS",
+    "TruncationPlan",
     "backends",
     "cpu_backend",
     "digit_histogram",

@@ -1,0 +1,88 @@
+"""TruncationPlan: checked once, then each call equals truncate_grads_ on the current gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_float_close, reference_run
+
+from sparseticket.ops import TruncationPlan, truncate_grads_
+
+
+def _params(generator: torch.Generator) -> list[torch.nn.Parameter]:
+    shapes = [(16,), (8, 3, 3, 3), (5,), (7, 4)]
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator)
+    return params
+
+
+def _keep(params, generator: torch.Generator) -> list[torch.Tensor]:
+    """Per channel for the first two, per element for the others."""
+    return [torch.rand(p.shape[0] if i < 2 else p.shape, generator=generator) > 0.4 for i, p in enumerate(params)]
+
+
+def test_each_call_equals_truncate_grads(backend, generator):
+    params = _params(generator)
+    keep = _keep(params, generator)
+    signs = [torch.randn(p.shape, generator=generator) for p in params]
+    plan = TruncationPlan(params, keep, scale=0.25, l1=1e-2, l1_params=signs)
+    for _ in range(2):  # new gradients each step, as after zero_grad(set_to_none=True)
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator)
+        expected = [p.grad.clone() for p in params]
+        reference_run(truncate_grads_, expected, keep, scale=0.25, params=signs, l1=1e-2)
+        plan()
+        for param, want in zip(params, expected):
+            assert_float_close(param.grad, want)
+
+
+def test_l1_sign_defaults_to_the_params_and_masks_may_change_in_place(backend, generator):
+    params = _params(generator)
+    keep = _keep(params, generator)
+    plan = TruncationPlan(params, keep, scale=0.0, l1=1e-3)
+    for mask in keep:
+        mask.logical_not_()  # edited in place after the plan was made
+    expected = [p.grad.clone() for p in params]
+    reference_run(truncate_grads_, expected, keep, scale=0.0, params=list(params), l1=1e-3)
+    plan()
+    for param, want in zip(params, expected):
+        assert_float_close(param.grad, want)
+
+
+def test_params_without_gradient_are_skipped(backend, generator):
+    params = _params(generator)
+    keep = _keep(params, generator)
+    params[1].grad = None
+    expected = [p.grad.clone() for p in params if p.grad is not None]
+    reference_run(truncate_grads_, expected, [k for p, k in zip(params, keep) if p.grad is not None], scale=0.5)
+    TruncationPlan(params, keep, scale=0.5)()
+    assert params[1].grad is None
+    for param, want in zip([p for p in params if p.grad is not None], expected):
+        assert_float_close(param.grad, want)
+
+
+def test_non_contiguous_gradient_is_refused(generator):
+    params = _params(generator)
+    plan = TruncationPlan(params, _keep(params, generator))
+    params[3].grad = torch.randn(4, 7, generator=generator).t()
+    with pytest.raises(ValueError, match=r"params\[3\]\.grad must be contiguous"):
+        plan()
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda p, k: TruncationPlan(p[0], k), TypeError, "params must be a list or tuple"),
+    (lambda p, k: TruncationPlan(p, k[:2]), ValueError, "keep must have one mask per gradient"),
+    (lambda p, k: TruncationPlan(p, [m.float() for m in k]), TypeError, "keep[0]"),
+    (lambda p, k: TruncationPlan(p, [torch.ones(3, dtype=torch.bool)] + k[1:]), ValueError, "keep[0] must have shape"),
+    (lambda p, k: TruncationPlan(p, k, l1=1e-3, l1_params=p[:1]), ValueError, "l1_params must have one tensor"),
+    (lambda p, k: TruncationPlan(p, k, scale=float("nan")), ValueError, "scale"),
+])
+def test_bad_input_names_the_argument(generator, make, error, words):
+    params = _params(generator)
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("(", r"\(")):
+        make(params, _keep(params, generator))
+
+
+def test_empty_plan_does_nothing():
+    TruncationPlan([], [])()
