@@ -195,3 +195,35 @@ def test_worm_on_transformer_slimming_coefficients():
         expected = (before[name] + 1e-4 * torch.sign(coefficients.detach())) * factor
         torch.testing.assert_close(coefficients.grad, expected, rtol=1e-6, atol=1e-8)
     assert any(mask.any() for mask in static.values())
+
+
+def test_editing_l1_or_chi_between_steps_takes_effect():
+    """The methods cache a TruncationPlan; changing eb.l1 / worm.chi must still act on the next step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    earlybird = EarlyBird(model, l1=1e-4)
+
+    def step_grads(method) -> list[torch.Tensor]:
+        for bn in bns:
+            bn.weight.grad = torch.zeros_like(bn.weight)
+            bn.bias.grad = torch.ones_like(bn.bias)
+        method.after_backward()
+        return [bn.weight.grad.clone() for bn in bns] + [bn.bias.grad.clone() for bn in bns]
+
+    step_grads(earlybird)
+    earlybird.l1 = 0.5
+    grads = step_grads(earlybird)
+    for bn, grad in zip(bns, grads):
+        assert torch.equal(grad, 0.5 * torch.sign(bn.weight.detach()))
+    worm = WORM(model, queue=2, trigger=1.0, l1=0.0, chi=0.5)
+    worm.epoch_end()
+    worm.epoch_end()
+    assert worm.truncating
+    before = step_grads(worm)
+    worm.chi = 0.25
+    after = step_grads(worm)
+    static = [b != 1.0 for b in before[len(bns):]]  # beta grads were ones: static channels got chi
+    assert any(s.any() for s in static)
+    for b, a, s in zip(before[len(bns):], after[len(bns):], static):
+        assert torch.equal(a[s], torch.full_like(a[s], 0.25)) and torch.equal(b[s], torch.full_like(b[s], 0.5))

@@ -91,7 +91,8 @@ class EarlyBird:
         """Add l1*sign(gamma) to every tracked scale's gradient (one fused call); before optimizer.step()."""
         if self.l1 == 0.0:
             return
-        if self._l1_plan is None or self._l1_plan.device != self.layers[0].gamma.device:  # first step, or moved
+        plan = self._l1_plan
+        if plan is None or plan.device != self.layers[0].gamma.device or plan.l1 != self.l1:  # first, moved, edited
             self._l1_plan = TruncationPlan([layer.gamma for layer in self.layers], self._keep_everything(),
                                            scale=1.0, l1=self.l1)
         self._l1_plan()

@@ -141,8 +141,8 @@ class WORM(EarlyBird):
         if not self.truncating:
             super().after_backward()
             return
-        device = self.layers[0].gamma.device
-        if self._plans[0].device != device:  # the model moved since the trigger
+        device, plan = self.layers[0].gamma.device, self._plans[0]
+        if plan.device != device or plan.scale != self.chi or plan.l1 != self.l1:  # moved, or chi/l1 edited
             self._keep = [mask.to(device) for mask in self._keep]
             self._plans = self._truncation_plans()
         for plan in self._plans:
