@@ -86,3 +86,11 @@ def test_bad_input_names_the_argument(generator, make, error, words):
 
 def test_empty_plan_does_nothing():
     TruncationPlan([], [])()
+
+
+def test_scale_and_l1_are_fixed_once_made(generator):
+    params = _params(generator)
+    plan = TruncationPlan(params, _keep(params, generator), scale=0.5)
+    assert (plan.scale, plan.l1) == (0.5, 0.0)
+    with pytest.raises(AttributeError):
+        plan.l1 = 1e-3  # would need l1_params the plan never checked: make a new plan instead

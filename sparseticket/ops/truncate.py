@@ -130,16 +130,26 @@ class TruncationPlan:
         l1: float = 0.0,
         l1_params: Sequence[torch.Tensor] | None = None,
     ) -> None:
-        self.scale = check_float("scale", scale)
-        self.l1 = check_float("l1", l1)
+        self._scale = check_float("scale", scale)
+        self._l1 = check_float("l1", l1)
         if isinstance(params, torch.Tensor) or not isinstance(params, Sequence):
             raise TypeError(f"params must be a list or tuple of tensors, got {type(params).__name__}")
-        if self.l1 != 0.0 and l1_params is None:
+        if self._l1 != 0.0 and l1_params is None:
             l1_params = params
         names = ("params", "keep", "l1_params")
         self._params, self._keep, self._l1_params = _check_lists(
-            params, keep, l1_params if self.l1 != 0.0 else None, names)
+            params, keep, l1_params if self._l1 != 0.0 else None, names)
         self._device = self._params[0].device if self._params else None
+
+    @property
+    def scale(self) -> float:
+        """Factor of the gradients where keep is False (fixed: make a new plan to change it)."""
+        return self._scale
+
+    @property
+    def l1(self) -> float:
+        """Weight of the L1 sign term (fixed: make a new plan to change it)."""
+        return self._l1
 
     @property
     def device(self) -> torch.device | None:
