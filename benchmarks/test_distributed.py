@@ -2,7 +2,8 @@
 a fused 256-bin digit histogram, all-reduced) against gathering every shard and ``torch.kthvalue``.
 
 This pytest process is rank 0; a spawned peer process is rank 1 and mirrors every call. Each rank
-holds half the rows of every conv/linear weight, as FSDP2 shards them, and runs one thread. Loopback TCP on one
+holds half the rows of every conv/linear weight, as FSDP2 shards them, and runs one thread.
+Both ways pay the same small command broadcast per call (rank 0 tells rank 1 what to run). Loopback TCP on one
 machine flatters the gather (no network); across machines its bytes cost far more.
 
     pytest benchmarks/test_distributed.py --benchmark-only --benchmark-group-by=group
@@ -40,15 +41,14 @@ def _gathered_kth(local: list[torch.Tensor], k: int) -> torch.Tensor:
     all_sizes = [torch.zeros_like(sizes) for _ in range(WORLD)]
     dist.all_gather(all_sizes, sizes)
     pieces = [torch.empty(int(size)) for size in all_sizes]
-    dist.all_gather(pieces, flat) if len({int(s) for s in all_sizes}) == 1 else _uneven_gather(pieces, flat)
+    if len({int(size) for size in all_sizes}) == 1:
+        dist.all_gather(pieces, flat)
+    else:  # gloo's all_gather needs equal sizes: one broadcast per rank instead
+        for source, piece in enumerate(pieces):
+            if source == dist.get_rank():
+                piece.copy_(flat)
+            dist.broadcast(piece, src=source)
     return torch.kthvalue(torch.cat(pieces), k + 1).values
-
-
-def _uneven_gather(pieces: list[torch.Tensor], flat: torch.Tensor) -> None:
-    for source, piece in enumerate(pieces):
-        if source == dist.get_rank():
-            piece.copy_(flat)
-        dist.broadcast(piece, src=source)
 
 
 def _run(way: int, local: list[torch.Tensor], k: int) -> torch.Tensor:
@@ -108,6 +108,7 @@ def test_sharded_global_threshold(benchmark, peer, network, way):
         dist.broadcast(command, src=0)
         return _run(WAYS.index(way), local, k)
 
+    run()  # warm-up: the peer builds its shard of this network on the first call
     result = benchmark(run)
     everything = torch.cat([weight.abs().reshape(-1) for weight in tensors_like(shapes["conv"] + shapes["linear"],
                                                                                 seed=4)])

@@ -94,3 +94,16 @@ def test_scale_and_l1_are_fixed_once_made(generator):
     assert (plan.scale, plan.l1) == (0.5, 0.0)
     with pytest.raises(AttributeError):
         plan.l1 = 1e-3  # would need l1_params the plan never checked: make a new plan instead
+
+
+def test_non_contiguous_masks_are_refused_not_copied(generator):
+    """A copy would leave the plan reading a stale mask after the caller edits the original."""
+    params = _params(generator)
+    keep = _keep(params, generator)
+    keep[3] = torch.rand(4, 7, generator=generator).t() > 0.5  # params[3] is (7, 4): right shape, strided
+    with pytest.raises(ValueError, match=r"keep\[3\] must be contiguous"):
+        TruncationPlan(params, keep)
+    signs = [torch.randn(p.shape, generator=generator) for p in params]
+    signs[3] = torch.randn(4, 7, generator=generator).t()
+    with pytest.raises(ValueError, match=r"l1_params\[3\] must be contiguous"):
+        TruncationPlan(params, _keep(params, generator), l1=1e-3, l1_params=signs)

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from sparseticket.methods.distributed import collective_device
+
 _enabled: bool | None = None  # None: follow SPARSETICKET_RANK_CHECKS (on unless "0")
 
 
@@ -55,7 +57,7 @@ def assert_same_on_all_ranks(tensor: torch.Tensor, what: str) -> None:
         return
     if not rank_checks_enabled():
         return
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+    device = collective_device(tensor.device)
     value = checksum(tensor)
     low = torch.tensor([value], dtype=torch.int64, device=device)
     high = low.clone()

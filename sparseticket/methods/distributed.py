@@ -30,16 +30,6 @@ def world_size(group: dist.ProcessGroup | None = None) -> int:
     return dist.get_world_size(group)
 
 
-def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
-    """True when a process group with more than one rank is initialised."""
-    return world_size(group) > 1
-
-
-def is_main_rank() -> bool:
-    """True on rank 0, and in a single-process run."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def collective_device(tensor_device: torch.device) -> torch.device:
     """Where a collective's buffer must live: the current GPU under NCCL, else ``tensor_device``."""
     if dist.get_backend() == "nccl":

@@ -180,7 +180,8 @@ class IMP:
         self.sharded = _is_sharded(self.names, self.weights)
         self._fsdp_modules = self._find_fsdp_modules() if self.sharded else []
         self.masks = [torch.ones_like(self._local(weight), dtype=torch.bool) for weight in self.weights]
-        self._global_survivors = sum(weight.numel() for weight in self.weights)
+        self._total = sum(weight.numel() for weight in self.weights)  # full (unsharded) sizes
+        self._global_survivors = self._total
         self._grad_plan: TruncationPlan | None = None
         self.round = 0
         self._saved: dict[str, Any] | None = None
@@ -212,7 +213,7 @@ class IMP:
     @property
     def density(self) -> float:
         """Fraction of kept weights over all masked weights (all ranks' shards when sharded)."""
-        return self.survivors() / sum(weight.numel() for weight in self.weights)
+        return self.survivors() / self._total
 
     def survivors(self) -> int:
         """Number of kept weights over all masked weights. When sharded, the global count kept
@@ -265,7 +266,7 @@ class IMP:
         if min_density is not None:
             count = min(count, survivors - self._floor_count(min_density))
             if count <= 0:
-                return survivors / sum(weight.numel() for weight in self.weights)
+                return survivors / self._total
         if self.sharded:
             return self._prune_sharded(survivors, count)
         scores = [torch.where(mask, weight.detach().abs(), math.inf)
@@ -289,7 +290,7 @@ class IMP:
             raise TypeError(f"min_density must be a float in (0, 1], got {type(min_density).__name__}")
         if not 0 < min_density <= 1:
             raise ValueError(f"min_density must be in (0, 1], got {min_density!r}")
-        return round(min_density * sum(weight.numel() for weight in self.weights))
+        return round(min_density * self._total)
 
     def _prune_sharded(self, survivors: int, count: int) -> float:
         """``prune_round`` on FSDP2 shards: the global threshold from ``sharded_kth_value``, then
@@ -313,7 +314,7 @@ class IMP:
         if left != survivors - count:
             raise RuntimeError(f"IMP (sharded): pruned {survivors - left} weights instead of {count}; "
                                "are the FSDP2 shards in rank order along dim 0?")
-        return left / sum(weight.numel() for weight in self.weights)
+        return left / self._total
 
     # ------------------------------------------------------------ training hooks
     def after_backward(self) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from sparseticket.methods.distributed import unwrap
-from sparseticket.ops import truncate_grads_
+from sparseticket.ops import TruncationPlan
 
 FORMAT = "sparseticket-ticket/1"
 _SECTIONS = {"mask": "masks", "score": "scores", "channel": "channel_masks"}
@@ -143,14 +143,8 @@ class Ticket:
 
     def gradient_mask(self, model: nn.Module) -> Callable[[], None]:
         """A hook for fine-tuning: call it between backward and ``optimizer.step()`` to zero the
-        gradients of pruned weights (one fused call). With weights zeroed by ``apply``, SGD with
-        momentum and weight decay then keeps them exactly zero."""
+        gradients of pruned weights (one fused call, lists checked once). With weights zeroed by
+        ``apply``, SGD with momentum and weight decay then keeps them exactly zero."""
         parameters = self._parameters(model)
-        targets = [(parameters[name], mask.to(parameters[name].device)) for name, mask in self.masks.items()]
-
-        def mask_gradients() -> None:
-            present = [(parameter.grad, mask) for parameter, mask in targets if parameter.grad is not None]
-            if present:
-                truncate_grads_([grad for grad, _ in present], [mask for _, mask in present], scale=0.0)
-
-        return mask_gradients
+        return TruncationPlan([parameters[name] for name in self.masks],
+                              [mask.to(parameters[name].device).contiguous() for name, mask in self.masks.items()])

@@ -139,6 +139,11 @@ class TruncationPlan:
         names = ("params", "keep", "l1_params")
         self._params, self._keep, self._l1_params = _check_lists(
             params, keep, l1_params if self._l1 != 0.0 else None, names)
+        # _check_lists copies non-contiguous masks and sign tensors: a plan would then read stale copies
+        for name, given, kept in (("keep", keep, self._keep), ("l1_params", l1_params or [], self._l1_params)):
+            for index, (original, used) in enumerate(zip(given, kept)):
+                if used is not original:
+                    raise ValueError(f"{name}[{index}] must be contiguous: the plan reads it at every call")
         self._device = self._params[0].device if self._params else None
 
     @property
