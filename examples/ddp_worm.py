@@ -53,6 +53,7 @@ def main() -> None:
         total = sum(mask.numel() for mask in ticket.channel_masks.values())
         print(f"ticket found at epoch {worm.found_epoch} on {dist.get_world_size()} processes: "
               f"{kept}/{total} channels kept, saved to ddp_worm.safetensors")
+    dist.barrier()  # rank 0 wrote the file last: let every rank finish before tearing down
     dist.destroy_process_group()
 
 

@@ -63,6 +63,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         ticket.save("fsdp_imp.safetensors")
         print(f"ticket at density {ticket.density():.4f} saved to fsdp_imp.safetensors")
+    dist.barrier()  # rank 0 wrote the file last: let every rank finish before tearing down
     dist.destroy_process_group()
 
 

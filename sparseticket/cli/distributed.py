@@ -63,9 +63,13 @@ def start(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), placement)
 
 
-def stop() -> None:
-    """Tear the process group down (no-op without one)."""
+def stop(finished: bool) -> None:
+    """Tear the process group down (no-op without one). ``finished``: every rank got to the end,
+    so wait for them all first (rank 0 writes files last; tearing gloo down while a peer is still
+    busy can abort that peer). After an error, tear down at once: a barrier could only hang."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

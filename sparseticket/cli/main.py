@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(arguments, "device", "auto") == "cuda" and not torch.cuda.is_available():
         print("sparseticket: error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         return 2
-    rank = ""
+    rank, finished = "", False
     try:
         if arguments.command == "info":
             _info()
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         processes = distributed.start(_device(arguments), arguments.dist_timeout)
         rank = f" (rank {processes.rank})" if processes.distributed else ""
         {"search": _search, "compare": _compare}[arguments.command](arguments, processes)
+        finished = True
     except KeyboardInterrupt:
         print(f"\nsparseticket: interrupted{rank}; the run folder resumes with --resume RUN_DIR", file=sys.stderr)
         return 130
@@ -196,5 +197,5 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     finally:
-        distributed.stop()
+        distributed.stop(finished)
     return 0
