@@ -6,6 +6,9 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <string>
 #include <vector>
 
 namespace sparseticket {
@@ -21,6 +24,50 @@ inline void check_input(const at::Tensor& tensor, const char* name) {
 inline void check_input(const at::Tensor& tensor, const char* name, at::ScalarType dtype) {
   check_input(tensor, name);
   TORCH_CHECK(tensor.scalar_type() == dtype, name, " must be ", dtype, ", got ", tensor.scalar_type());
+}
+
+// The dtype as Python prints it without "torch." (float32, bfloat16, int64...).
+inline std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kDouble: return "float64";
+    case at::kBool: return "bool";
+    case at::kByte: return "uint8";
+    case at::kChar: return "int8";
+    case at::kShort: return "int16";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    default: return c10::toString(dtype);
+  }
+}
+
+// "float32 on cpu", as the Python checks describe a tensor.
+inline std::string describe(const at::Tensor& tensor) {
+  std::ostringstream out;
+  out << dtype_name(tensor.scalar_type()) << " on " << tensor.device();
+  return out.str();
+}
+
+// "(4, 3)", as Python prints a shape tuple.
+inline std::string shape_string(at::IntArrayRef sizes) {
+  std::ostringstream out;
+  out << "(";
+  for (size_t i = 0; i < sizes.size(); ++i) out << (i ? ", " : "") << sizes[i];
+  out << (sizes.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+inline bool is_kernel_float(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+}
+
+// TypeError unless `tensor` is float32/float16/bfloat16 on `device`; `name...` are the parts of its name.
+template <typename... Name>
+void check_float_on(at::Device device, const at::Tensor& tensor, const Name&... name) {
+  TORCH_CHECK_TYPE(is_kernel_float(tensor.scalar_type()) && tensor.device() == device, name...,
+                   " must be float32/float16/bfloat16 on ", device, ", got ", describe(tensor));
 }
 
 // A bool tensor's bytes (0 or 1), as uint8 so that loops over them vectorise.

@@ -51,3 +51,12 @@ def test_streaming_kernels_use_vector_loads(compiled):
 def test_register_use_is_reported_and_sane(compiled):
     for entry in compiled:
         assert entry["registers"] is None or 0 < entry["registers"] <= 255, entry
+
+
+def test_float_min_max_keep_nan(compiled):
+    """NaN policy on the GPU: every float min/max propagates NaN (PTX ``.NaN``), as torch.clamp and
+    the C++ kernels do. The interpreter follows NumPy and cannot show this; the PTX can."""
+    clamping = [entry for entry in compiled if entry["float_min_max"]]
+    assert {entry["kernel"] for entry in clamping} >= {"gemminer_step_kernel"}
+    for entry in clamping:
+        assert all(".NaN." in op for op in entry["float_min_max"]), entry

@@ -78,10 +78,10 @@ def test_truncate_grads_list(dtype, l1):
 @pytest.mark.parametrize("count", SIZES)
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_truncate_grads_sizes(count, per_channel):
-    grad = random_values(count, torch.float32, 2)
-    channels = 1 if per_channel else count
-    keep = random_bools(channels, 3)
-    param = random_values(count, torch.float32, 4)
+    shape = (1, count) if per_channel else (count,)  # per channel: one channel of `count` elements
+    grad = random_values(count, torch.float32, 2).reshape(shape)
+    keep = random_bools(shape[0], 3)
+    param = random_values(count, torch.float32, 4).reshape(shape)
     expected = grad.clone()
     reference.truncate_grads_([expected], [keep], [param], 0.5, 0.01)
     ops.truncate_grads_([grad], [keep], [param], 0.5, 0.01)
@@ -90,7 +90,7 @@ def test_truncate_grads_sizes(count, per_channel):
 
 def test_truncate_grads_large_list_and_empty():
     gen = generator(5)
-    grads = [torch.randn(n, generator=gen) for n in (100003, 70000, 5, 40000)]
+    grads = [torch.randn(shape, generator=gen) for shape in ((100003,), (10, 7000), (5,), (1, 40000))]
     keep = [torch.rand(n, generator=gen) < 0.5 for n in (100003, 10, 5, 1)]
     expected = [g.clone() for g in grads]
     reference.truncate_grads_(expected, keep, [], 0.0, 0.0)
@@ -234,7 +234,7 @@ def test_invalid_inputs_raise():
         ops.unpack_mask(torch.zeros(1, dtype=torch.uint8), 9)
     with pytest.raises(RuntimeError):
         ops.gemminer_mask(torch.randn(4, 4).t(), torch.rand(4, 4), torch.ones(4, 4, dtype=torch.bool))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match=r"keep\[0\] must have shape \(10,\)"):
         ops.truncate_grads_([torch.randn(10)], [torch.ones(3, dtype=torch.bool)], [], 0.5, 0.0)
     with pytest.raises(RuntimeError):
         ops.mask_distances(torch.randn(10), torch.tensor(0.0), torch.zeros(1, 1, dtype=torch.uint8), None)

@@ -22,6 +22,8 @@ from sparseticket.triton_kernels import gemminer, kth, masks, truncate
 
 KERNEL_MODULES = (truncate, masks, kth, gemminer)
 _MEMORY_OP = re.compile(r"\b((?:ld|st)\.global(?:\.[a-z0-9]+)*)")
+# Float min/max instructions: without ".NaN" they return the other operand when one is NaN.
+_FLOAT_MIN_MAX = re.compile(r"\b((?:min|max)(?:\.[A-Za-z0-9]+)*\.(?:f16|f32|f64|bf16)(?:x2)?)\b")
 
 
 def cubin_registers(cubin: bytes) -> int | None:
@@ -54,6 +56,7 @@ def compile_kernel(spec: dict, arch: int) -> dict:
         "arch": f"sm_{arch}",
         "streaming": spec["streaming"],
         "global_memory_ops": sorted(set(_MEMORY_OP.findall(ptx))),
+        "float_min_max": sorted(set(_FLOAT_MIN_MAX.findall(ptx))),
         "vector_loads": ".v4." in "".join(op for op in _MEMORY_OP.findall(ptx) if op.startswith("ld")),
         "registers": cubin_registers(compiled.asm["cubin"]),
         "shared_bytes": compiled.metadata.shared,

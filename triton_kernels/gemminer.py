@@ -90,7 +90,8 @@ def gemminer_step_kernel(
     g = load_block(grads, offsets, in_range, full).to(tl.float32)
     active = (load_block(flags, offsets, in_range, full) != 0) & in_range
     v_new = momentum * v + (g + (2.0 * l2) * p)
-    p_new = tl.minimum(tl.maximum(p - lr * v_new, 0.0), 1.0)
+    # NaN stays NaN, as in torch.clamp and the C++ kernel (the default min/max drop it on NVIDIA GPUs)
+    p_new = tl.clamp(p - lr * v_new, 0.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
     v_out = tl.where(active, v_new, v).to(momentum_buffer.dtype.element_ty)
     p_out = tl.where(active, p_new, p).to(scores.dtype.element_ty)
     store_block(momentum_buffer, offsets, v_out, in_range, full)

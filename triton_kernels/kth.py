@@ -53,8 +53,9 @@ def digit_histogram_kernel(
         prefix = tl.load(state).to(tl.uint32)
         selected = selected & ((key >> (SHIFT + 8)) == prefix)
     digit = ((key >> SHIFT) & 0xFF).to(tl.int32)
-    counts = tl.histogram(digit, 256, mask=selected)
-    tl.atomic_add(histogram + tl.arange(0, 256), counts)
+    counts = tl.histogram(digit, 256, mask=selected)  # at most BLOCK per bin: int32 is enough here
+    # the totals are int64: past 2**31 elements an int32 count would wrap and pick the wrong digit
+    tl.atomic_add(histogram + tl.arange(0, 256), counts.to(tl.int64))
 
 
 @triton.jit
@@ -79,7 +80,7 @@ def kth_value(values: list[torch.Tensor], k: int) -> torch.Tensor:
     device = values[0].device
     table = block_table([values], [1] * len(values), BLOCK, device)
     state = torch.tensor([0, k], dtype=torch.int64).to(device)
-    histograms = torch.zeros(32 // DIGIT_BITS, BINS, dtype=torch.int32, device=device)
+    histograms = torch.zeros(32 // DIGIT_BITS, BINS, dtype=torch.int64, device=device)
     result = torch.empty((), dtype=torch.float32, device=device)
     dtype = triton_dtype(values[0].dtype)
     aligned = all_aligned(values)
@@ -98,12 +99,13 @@ def digit_histogram(values: list[torch.Tensor], shift: int, prefix: int) -> torc
     device = values[0].device
     table = block_table([values], [1] * len(values), BLOCK, device)
     state = torch.tensor([prefix, 0], dtype=torch.int64).to(device)
-    histogram = torch.zeros(BINS, dtype=torch.int32, device=device)
-    digit_histogram_kernel[(table.blocks,)](
-        table.pointers[0], table.numels, table.block_first, table.block_tensor, state, histogram,
-        DTYPE=triton_dtype(values[0].dtype), SHIFT=shift, ALIGNED=all_aligned(values), BLOCK=BLOCK,
-    )
-    return histogram.to(torch.int64)
+    histogram = torch.zeros(BINS, dtype=torch.int64, device=device)
+    if table.blocks:
+        digit_histogram_kernel[(table.blocks,)](
+            table.pointers[0], table.numels, table.block_first, table.block_tensor, state, histogram,
+            DTYPE=triton_dtype(values[0].dtype), SHIFT=shift, ALIGNED=all_aligned(values), BLOCK=BLOCK,
+        )
+    return histogram
 
 
 AOT_SPECS = [
@@ -112,7 +114,7 @@ AOT_SPECS = [
         "fn": digit_histogram_kernel,
         "signature": {
             "value_ptrs": "*i64", "numels": "*i64", "block_first": "*i64", "block_tensor": "*i64",
-            "state": "*i64", "histogram": "*i32",
+            "state": "*i64", "histogram": "*i64",
             "DTYPE": "constexpr", "SHIFT": "constexpr", "ALIGNED": "constexpr", "BLOCK": "constexpr",
         },
         "constexprs": {"DTYPE": tl.float32, "SHIFT": 16, "ALIGNED": True, "BLOCK": BLOCK},
@@ -122,7 +124,7 @@ AOT_SPECS = [
     {
         "name": "select_digit_kernel",
         "fn": select_digit_kernel,
-        "signature": {"state": "*i64", "histogram": "*i32", "result": "*fp32", "FINAL": "constexpr"},
+        "signature": {"state": "*i64", "histogram": "*i64", "result": "*fp32", "FINAL": "constexpr"},
         "constexprs": {"FINAL": True},
         "attrs": aot_attrs([0, 1, 2]),
         "streaming": False,

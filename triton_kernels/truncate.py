@@ -18,7 +18,7 @@ def truncate_grads_kernel(
     GRAD_DTYPE: tl.constexpr, PARAM_DTYPE: tl.constexpr, HAS_L1: tl.constexpr,
     ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """g <- (g + l1*sign(p)) * (keep ? 1 : scale) on one block of one tensor of the list."""
+    """g <- g + l1*sign(p) where kept, else that times scale (exactly 0 when scale is 0)."""
     pid = tl.program_id(0)
     tensor = tl.load(block_tensor + pid)
     start = (pid - tl.load(block_first + tensor)) * BLOCK
@@ -45,7 +45,9 @@ def truncate_grads_kernel(
         sign = tl.where(weight > 0, 1.0, tl.where(weight < 0, -1.0, 0.0))
         value = value + l1 * sign
     kept = tl.load(keep + offsets // inner, mask=in_range, other=1) != 0
-    value = value * tl.where(kept, 1.0, scale)
+    # dropped with scale 0 is exactly 0, by a select (inf * 0 would be NaN); else NaN/inf propagate
+    dropped = tl.where(scale == 0.0, 0.0, value * scale)
+    value = tl.where(kept, value, dropped)
     if full:
         tl.store(grad + offsets, value.to(GRAD_DTYPE))
     else:

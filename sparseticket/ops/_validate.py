@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-DEVICE_TYPES = ("cpu", "cuda")
+DEVICE_TYPES = ("cpu", "cuda", "meta")  # meta: shape inference through the fake kernels
 
 
 def _describe(tensor: torch.Tensor) -> str:
@@ -29,8 +29,15 @@ def check_tensor(
         where = f" on {device}" if device is not None else ""
         raise TypeError(f"{name} must be {wanted}{where}, got {_describe(value)}")
     if value.device.type not in DEVICE_TYPES:
-        raise ValueError(f"{name} must be on a cpu or cuda device, got {value.device}")
+        raise ValueError(f"{name} must be on a cpu, cuda or meta device, got {value.device}")
     return value
+
+
+def require_tensors(**named: object) -> None:
+    """Each value must be a tensor (before an op's schema would reject it less clearly)."""
+    for name, value in named.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def check_tensor_list(

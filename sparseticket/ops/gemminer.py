@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sparseticket.ops._library import define_op
-from sparseticket.ops._validate import (
-    FLOAT_DTYPES,
-    check_contiguous,
-    check_float,
-    check_same_shape,
-    check_tensor,
-)
+from sparseticket.ops._library import define_op, register_fake
+from sparseticket.ops._validate import check_float, require_tensors
 
 _mask_op = define_op("gemminer_mask", "(Tensor weight, Tensor scores, Tensor flags) -> Tensor")
 _mask_backward_op = define_op(
@@ -26,19 +20,19 @@ _step_op = define_op(
 )
 
 
-@torch.library.register_fake("sparseticket::gemminer_mask")
+@register_fake("gemminer_mask")
 def _mask_fake(weight, scores, flags):
     return torch.empty_like(weight)
 
 
-@torch.library.register_fake("sparseticket::gemminer_mask_backward")
+@register_fake("gemminer_mask_backward")
 def _mask_backward_fake(grad, weight, scores, flags, need_weight, need_scores):
     empty = grad.new_empty(0)
     return (torch.empty_like(weight) if need_weight else empty,
             torch.empty_like(scores) if need_scores else empty)
 
 
-@torch.library.register_fake("sparseticket::gemminer_step_")
+@register_fake("gemminer_step_")
 def _step_fake(scores, grads, momentum_buffer, flags, lr, momentum, l2):
     return scores.new_empty((), dtype=torch.int64)
 
@@ -51,8 +45,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad):
     weight, scores, flags = ctx.saved_tensors
     need_weight, need_scores = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_weight, grad_scores = _mask_backward_op(
-        grad.contiguous(), weight, scores, flags, need_weight, need_scores)
+    grad_weight, grad_scores = _mask_backward_op(grad, weight, scores, flags, need_weight, need_scores)
     return (grad_weight if need_weight else None, grad_scores if need_scores else None, None)
 
 
@@ -65,24 +58,8 @@ def gemminer_mask(weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tenso
     Backward: d/dscores = grad * weight * flags; d/dweight = grad * (scores > 0.5) * flags.
     ``flags`` is bool (False: frozen to zero). Output dtype is weight's; math in fp32.
     """
-    check_tensor("weight", weight, FLOAT_DTYPES)
-    check_tensor("scores", scores, FLOAT_DTYPES, weight.device)
-    check_tensor("flags", flags, (torch.bool,), weight.device)
-    check_same_shape("scores", scores, "weight", weight)
-    check_same_shape("flags", flags, "weight", weight)
-    return _mask_op(weight.contiguous(), scores.contiguous(), flags.contiguous())
-
-
-def _check_step_args(scores, grads, momentum_buffer, flags) -> None:
-    check_tensor("scores", scores, FLOAT_DTYPES)
-    device = scores.device
-    check_tensor("grads", grads, FLOAT_DTYPES, device)
-    check_tensor("momentum_buffer", momentum_buffer, FLOAT_DTYPES, device)
-    check_tensor("flags", flags, (torch.bool,), device)
-    for name, tensor in (("grads", grads), ("momentum_buffer", momentum_buffer), ("flags", flags)):
-        check_same_shape(name, tensor, "scores", scores)
-    check_contiguous("scores", scores)
-    check_contiguous("momentum_buffer", momentum_buffer)
+    require_tensors(weight=weight, scores=scores, flags=flags)
+    return _mask_op(weight, scores, flags)  # the op checks dtypes, devices and shapes
 
 
 def gemminer_step_(
@@ -103,10 +80,9 @@ def gemminer_step_(
     flags after the update (this syncs with the GPU: ``torch.ops.sparseticket.gemminer_step_``
     takes the same arguments positionally and returns the count as a 0-d tensor instead).
     """
-    _check_step_args(scores, grads, momentum_buffer, flags)
+    require_tensors(scores=scores, grads=grads, momentum_buffer=momentum_buffer, flags=flags)
     lr = check_float("lr", lr)
     momentum = check_float("momentum", momentum)
     l2 = check_float("l2", l2)
-    kept = _step_op(scores.detach(), grads.detach().contiguous(), momentum_buffer.detach(),
-                    flags.contiguous(), lr, momentum, l2)
+    kept = _step_op(scores.detach(), grads.detach(), momentum_buffer.detach(), flags, lr, momentum, l2)
     return int(kept.item())

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 import torch
 
-from sparseticket.ops._library import define_op
+from sparseticket.ops._contracts import DIGIT_SHIFTS
+from sparseticket.ops._library import define_op, register_fake
 from sparseticket.ops._validate import FLOAT_DTYPES, check_int, check_tensor_list
 
 _kth_op = define_op("kth_value", "(Tensor[] values, int k) -> Tensor")
 
 
-@torch.library.register_fake("sparseticket::kth_value")
+@register_fake("kth_value")
 def _kth_fake(values, k):
     return values[0].new_empty(())
 
@@ -30,14 +31,13 @@ def kth_value(values: torch.Tensor | Sequence[torch.Tensor], k: int) -> torch.Te
     if total == 0:
         raise ValueError("values must hold at least one element")
     k = check_int("k", k, 0, total)
-    return _kth_op([tensor.detach().contiguous() for tensor in tensors if tensor.numel()], k)
+    return _kth_op([tensor.detach() for tensor in tensors if tensor.numel()], k)  # the op checks the rest
 
 
 _digit_histogram_op = define_op("digit_histogram", "(Tensor[] values, int shift, int prefix) -> Tensor")
-DIGIT_SHIFTS = (24, 16, 8, 0)
 
 
-@torch.library.register_fake("sparseticket::digit_histogram")
+@register_fake("digit_histogram")
 def _digit_histogram_fake(values, shift, prefix):
     return values[0].new_empty((256,), dtype=torch.int64)
 
@@ -56,7 +56,7 @@ def digit_histogram(values: torch.Tensor | Sequence[torch.Tensor], shift: int, p
     if isinstance(shift, bool) or shift not in DIGIT_SHIFTS:
         raise ValueError(f"shift must be one of {DIGIT_SHIFTS}, got {shift!r}")
     prefix = check_int("prefix", prefix, 0, 1 << (24 - shift))  # the digits above shift: 0 at 24
-    present = [tensor.detach().contiguous() for tensor in tensors if tensor.numel()]
+    present = [tensor.detach() for tensor in tensors if tensor.numel()]
     if not present:
         device = tensors[0].device if tensors else torch.device("cpu")
         return torch.zeros(256, dtype=torch.int64, device=device)

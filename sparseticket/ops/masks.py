@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sparseticket.ops._library import define_op
-from sparseticket.ops._validate import (
-    FLOAT_DTYPES,
-    check_contiguous,
-    check_float,
-    check_int,
-    check_tensor,
-)
+from sparseticket.ops._contracts import packed_size
+from sparseticket.ops._library import define_op, register_fake
+from sparseticket.ops._validate import FLOAT_DTYPES, check_float, check_int, check_tensor, require_tensors
 
 _pack_op = define_op("pack_mask", "(Tensor mask) -> Tensor")
 _unpack_op = define_op("unpack_mask", "(Tensor packed, int count) -> Tensor")
@@ -21,22 +16,17 @@ _distances_op = define_op(
 )
 
 
-def packed_size(count: int) -> int:
-    """Bytes needed to pack ``count`` bits."""
-    return (count + 7) // 8
-
-
-@torch.library.register_fake("sparseticket::pack_mask")
+@register_fake("pack_mask")
 def _pack_fake(mask):
     return mask.new_empty(packed_size(mask.numel()), dtype=torch.uint8)
 
 
-@torch.library.register_fake("sparseticket::unpack_mask")
+@register_fake("unpack_mask")
 def _unpack_fake(packed, count):
     return packed.new_empty(count, dtype=torch.bool)
 
 
-@torch.library.register_fake("sparseticket::mask_distances")
+@register_fake("mask_distances")
 def _distances_fake(importance, threshold, history, static_runs):
     packed = importance.new_empty(packed_size(importance.numel()), dtype=torch.uint8)
     return packed, importance.new_empty(history.shape[0], dtype=torch.int64)
@@ -45,7 +35,7 @@ def _distances_fake(importance, threshold, history, static_runs):
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """Pack a bool tensor (flattened, N elements) into uint8[ceil(N/8)]: bit j of byte i is 8i+j."""
     check_tensor("mask", mask, (torch.bool,))
-    return _pack_op(mask.contiguous())
+    return _pack_op(mask)
 
 
 def unpack_mask(packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -55,7 +45,7 @@ def unpack_mask(packed: torch.Tensor, n: int) -> torch.Tensor:
     if packed.dim() != 1 or packed.numel() != packed_size(n):
         raise ValueError(f"packed must be 1-D with ceil(n/8) = {packed_size(n)} bytes for n = {n}, "
                          f"got shape {tuple(packed.shape)}")
-    return _unpack_op(packed.contiguous(), n)
+    return _unpack_op(packed, n)
 
 
 def _threshold_tensor(threshold: object, device: torch.device) -> torch.Tensor:
@@ -84,18 +74,9 @@ def mask_distances(
     ``threshold`` may be a 0-d tensor on the device (e.g. from ``kth_value``), so no sync.
     """
     check_tensor("importance", importance, FLOAT_DTYPES)
-    device = importance.device
-    count = importance.numel()
-    threshold_tensor = _threshold_tensor(threshold, device)
-    check_tensor("history", history, (torch.uint8,), device)
-    if history.dim() != 2 or history.shape[1] != packed_size(count):
-        raise ValueError(f"history must have shape [K, ceil(N/8) = {packed_size(count)}] for "
-                         f"N = {count} importance values, got {tuple(history.shape)}")
+    threshold_tensor = _threshold_tensor(threshold, importance.device)
+    require_tensors(history=history)
     if static_runs is not None:
-        check_tensor("static_runs", static_runs, (torch.int32,), device)
-        if static_runs.numel() != count or static_runs.dim() != 1:
-            raise ValueError(f"static_runs must have shape ({count},), got {tuple(static_runs.shape)}")
-        check_contiguous("static_runs", static_runs)
-    packed, counts = _distances_op(
-        importance.detach().contiguous(), threshold_tensor, history.contiguous(), static_runs)
-    return packed, counts.to(torch.float32) / max(count, 1)
+        require_tensors(static_runs=static_runs)
+    packed, counts = _distances_op(importance.detach(), threshold_tensor, history, static_runs)  # op checks
+    return packed, counts.to(torch.float32) / max(importance.numel(), 1)

@@ -6,15 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from sparseticket.ops._library import define_op
-from sparseticket.ops._validate import (
-    FLOAT_DTYPES,
-    check_contiguous,
-    check_float,
-    check_same_shape,
-    check_tensor,
-    check_tensor_list,
-)
+from sparseticket.ops import _contracts as contracts
+from sparseticket.ops._library import define_op, register_fake
+from sparseticket.ops._validate import check_float
 
 _truncate_op = define_op(
     "truncate_grads_",
@@ -22,68 +16,19 @@ _truncate_op = define_op(
 )
 
 
-@torch.library.register_fake("sparseticket::truncate_grads_")
+@register_fake("truncate_grads_")
 def _truncate_fake(grads, keep, params, scale, l1) -> None:
     return None
 
 
-ARGUMENT_NAMES = ("grads", "keep", "params")
-
-
-def _keep_shape_error(index: int, mask: torch.Tensor, grad: torch.Tensor, names: tuple[str, str, str]
-                      ) -> ValueError:
-    expected = f"({grad.shape[0]},) or " if grad.dim() >= 1 else ""
-    return ValueError(f"{names[1]}[{index}] must have shape {expected}{tuple(grad.shape)} (per channel or "
-                      f"per element of {names[0]}[{index}]), got {tuple(mask.shape)}")
-
-
-def _check_lists(grads, keep, params, names: tuple[str, str, str] = ARGUMENT_NAMES) -> tuple[list, list, list]:
-    """One pass over the lists (this runs every training step: each tensor is touched once).
-
-    The fast checks compare dtypes and devices with the first tensor; on any mismatch the full
-    per-argument checks run to produce the message. ``names``: the arguments as the caller calls them.
-    """
-    grads_name, keep_name, params_name = names
-    for name, values in ((grads_name, grads), (keep_name, keep), (params_name, params)):
-        if values is not None and (isinstance(values, torch.Tensor) or not isinstance(values, Sequence)):
-            raise TypeError(f"{name} must be a list or tuple of tensors, got {type(values).__name__}")
-    grads, keep = list(grads), list(keep)
-    params = list(params) if params is not None else []
-    if len(keep) != len(grads):
-        raise ValueError(f"{keep_name} must have one mask per gradient: got {len(keep)} masks for "
-                         f"{len(grads)} {grads_name}")
-    if params and len(params) != len(grads):
-        raise ValueError(f"{params_name} must have one tensor per gradient: got {len(params)} for "
-                         f"{len(grads)} {grads_name}")
-    if not grads:
-        return grads, keep, params
-    first = check_tensor(f"{grads_name}[0]", grads[0], FLOAT_DTYPES)
-    grad_dtype, device = first.dtype, first.device
-    param_dtype = check_tensor(f"{params_name}[0]", params[0], FLOAT_DTYPES, device).dtype if params else None
-    masks = []
-    for index, (grad, mask) in enumerate(zip(grads, keep)):
-        try:
-            fast = grad.dtype is grad_dtype and mask.dtype is torch.bool and grad.device == device \
-                and mask.device == device
-        except AttributeError:
-            fast = False
-        if not fast:
-            check_tensor_list(grads_name, grads, FLOAT_DTYPES, device)
-            check_tensor(f"{keep_name}[{index}]", mask, (torch.bool,), device)
-        if not grad.is_contiguous():
-            check_contiguous(f"{grads_name}[{index}]", grad)
-        shape, mask_shape = grad.shape, mask.shape
-        if mask_shape != shape and not (len(mask_shape) == 1 and len(shape) >= 1 and mask_shape[0] == shape[0]):
-            raise _keep_shape_error(index, mask, grad, names)
-        masks.append(mask if mask.is_contiguous() else mask.contiguous())
-    for index, (param, grad) in enumerate(zip(params, grads)):
-        if not (isinstance(param, torch.Tensor) and param.dtype is param_dtype and param.device == device):
-            check_tensor_list(params_name, params, FLOAT_DTYPES, device)
-        if param.shape != grad.shape:
-            check_same_shape(f"{params_name}[{index}]", param, f"{grads_name}[{index}]", grad)
-        if not param.is_contiguous():
-            params[index] = param.contiguous()
-    return grads, masks, params
+def _tensor_list(name: str, values: object) -> list[torch.Tensor]:
+    """A list or tuple of tensors (a Python-type mistake gets a TypeError, not the schema's error)."""
+    if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(values).__name__}")
+    for index, value in enumerate(values):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name}[{index}] must be a torch.Tensor, got {type(value).__name__}")
+    return list(values)
 
 
 def truncate_grads_(
@@ -94,7 +39,10 @@ def truncate_grads_(
     params: Sequence[torch.Tensor] | None = None,
     l1: float = 0.0,
 ) -> None:
-    """In place, for each i: ``g_i <- (g_i + l1*sign(params_i)) * (keep_i + scale*~keep_i)``.
+    """In place, for each i: ``g_i <- g_i + l1*sign(params_i)`` where ``keep_i``, else that times ``scale``.
+
+    Where ``keep_i`` is False and ``scale`` is 0 the gradient is exactly 0 (even if it was inf or
+    NaN); elsewhere NaN and inf propagate as the arithmetic says.
 
     ``keep_i`` is bool, per channel (shape ``(g_i.shape[0],)``, broadcast over trailing dims) or
     per element (shape of ``g_i``). All gradients are updated in one kernel launch. With
@@ -103,11 +51,10 @@ def truncate_grads_(
     """
     scale = check_float("scale", scale)
     l1 = check_float("l1", l1)
-    if l1 != 0.0 and params is None:
-        raise ValueError("l1 != 0 requires params (the tensors whose sign is added to grads)")
-    grads, masks, params = _check_lists(grads, keep, params)
-    if grads:
-        _truncate_op(grads, masks, params if l1 != 0.0 else [], scale, l1)
+    grads, keep = _tensor_list("grads", grads), _tensor_list("keep", keep)
+    params = _tensor_list("params", params) if params is not None else []
+    if grads or keep or params:  # the op checks the rest (as it does when called directly)
+        _truncate_op(grads, keep, params if l1 != 0.0 else [], scale, l1)
 
 
 class TruncationPlan:
@@ -137,9 +84,9 @@ class TruncationPlan:
         if self._l1 != 0.0 and l1_params is None:
             l1_params = params
         names = ("params", "keep", "l1_params")
-        self._params, self._keep, self._l1_params = _check_lists(
-            params, keep, l1_params if self._l1 != 0.0 else None, names)
-        # _check_lists copies non-contiguous masks and sign tensors: a plan would then read stale copies
+        self._params, self._keep, self._l1_params, _, _ = contracts.truncate_grads_(
+            params, keep, l1_params if self._l1 != 0.0 else None, self._scale, self._l1, names)
+        # the contract copies non-contiguous masks and sign tensors: a plan would then read stale copies
         for name, given, kept in (("keep", keep, self._keep), ("l1_params", l1_params or [], self._l1_params)):
             for index, (original, used) in enumerate(zip(given, kept)):
                 if used is not original:
@@ -177,7 +124,4 @@ class TruncationPlan:
                                 params=[self._l1_params[i] for i in present] if self.l1 != 0.0 else None,
                                 l1=self.l1)
             return
-        for index, grad in enumerate(grads):
-            if not grad.is_contiguous():
-                check_contiguous(f"params[{index}].grad", grad)
         _truncate_op(grads, self._keep, self._l1_params, self.scale, self.l1)

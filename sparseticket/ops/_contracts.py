@@ -1,0 +1,236 @@
+"""What each op's kernels may assume, checked where every entry point passes.
+
+``torch.ops.sparseticket.<op>`` (what the public functions call, what ``torch.compile`` traces,
+and what users may call directly) runs ``CONTRACTS[op](*args)`` before any backend (C++,
+Triton, reference) sees the arguments. Each contract raises ``TypeError``/``ValueError`` naming
+the argument, or returns the arguments the kernels may trust:
+
+- every tensor on one device (cpu or cuda), of the dtype the op takes;
+- shapes and list lengths that agree (no kernel can read or write out of bounds);
+- read-only inputs made contiguous (a copy when they are not: a strided view is never read as
+  if it were flat); in-place targets must already be contiguous (a copy would drop the update);
+- scalars finite, counts and ranks in range.
+
+The contracts only read metadata, so they also run on fake tensors (``torch.compile`` tracing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from sparseticket.ops._validate import (
+    FLOAT_DTYPES,
+    check_contiguous,
+    check_float,
+    check_int,
+    check_same_shape,
+    check_tensor,
+    check_tensor_list,
+)
+
+TRUNCATE_NAMES = ("grads", "keep", "params")
+DIGIT_SHIFTS = (24, 16, 8, 0)
+
+
+def packed_size(count: int) -> int:
+    """Bytes needed to pack ``count`` bits."""
+    return (count + 7) // 8
+
+
+def _as_list(name: str, values: object) -> list:
+    if isinstance(values, torch.Tensor) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(values).__name__}")
+    return list(values)
+
+
+def _readable(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.is_contiguous() else tensor.contiguous()
+
+
+def _keep_shape_error(index: int, mask: torch.Tensor, grad: torch.Tensor, names: tuple[str, str, str]
+                      ) -> ValueError:
+    expected = f"({grad.shape[0]},) or " if grad.dim() >= 2 else ""
+    return ValueError(f"{names[1]}[{index}] must have shape {expected}{tuple(grad.shape)} (per channel or "
+                      f"per element of {names[0]}[{index}]), got {tuple(mask.shape)}")
+
+
+def truncate_grads_(grads: object, keep: object, params: object, scale: object, l1: object,
+                    names: tuple[str, str, str] = TRUNCATE_NAMES) -> tuple:
+    """``grads`` float, one dtype, contiguous; ``keep`` bool per channel (``(C,)``) or per element
+    (the gradient's shape, or flat); ``params``
+    (needed when ``l1 != 0``, else may be empty) float, one dtype, shaped like ``grads``.
+
+    One pass over the lists (this runs every training step): the fast test compares dtypes,
+    devices and shapes with the first tensor; any mismatch reruns the full check for the message.
+    ``names``: the arguments as the caller calls them.
+    """
+    grads_name, keep_name, params_name = names
+    scale = check_float("scale", scale)
+    l1 = check_float("l1", l1)
+    grads = _as_list(grads_name, grads)
+    keep = _as_list(keep_name, keep)
+    params = _as_list(params_name, params) if params is not None else []
+    count = len(grads)
+    if len(keep) != count:
+        raise ValueError(f"{keep_name} must have one mask per gradient: got {len(keep)} masks for "
+                         f"{count} {grads_name}")
+    if l1 != 0.0 and not params and count:
+        raise ValueError(f"l1 != 0 requires {params_name} (the tensors whose sign is added to {grads_name})")
+    if params and len(params) != count:
+        raise ValueError(f"{params_name} must have one tensor per gradient: got {len(params)} for "
+                         f"{count} {grads_name}")
+    if not count:
+        return grads, keep, params, scale, l1
+    first = check_tensor(f"{grads_name}[0]", grads[0], FLOAT_DTYPES)
+    grad_dtype, device = first.dtype, first.device
+    masks = []
+    for index in range(count):
+        grad, mask = grads[index], keep[index]
+        try:
+            fast = grad.dtype is grad_dtype and mask.dtype is torch.bool and grad.device == device \
+                and mask.device == device
+        except AttributeError:
+            fast = False
+        if not fast:
+            check_tensor_list(grads_name, grads, FLOAT_DTYPES, device)
+            check_tensor(f"{keep_name}[{index}]", mask, (torch.bool,), device)
+        if not grad.is_contiguous():
+            check_contiguous(f"{grads_name}[{index}]", grad)
+        shape, mask_shape = grad.shape, mask.shape
+        if mask_shape != shape and not (len(mask_shape) == 1 and (
+                (len(shape) >= 1 and mask_shape[0] == shape[0]) or mask_shape[0] == grad.numel())):
+            raise _keep_shape_error(index, mask, grad, names)
+        masks.append(_readable(mask))
+    if params:
+        param_dtype = check_tensor(f"{params_name}[0]", params[0], FLOAT_DTYPES, device).dtype
+        for index in range(count):
+            param, grad = params[index], grads[index]
+            try:
+                fast = param.dtype is param_dtype and param.device == device
+            except AttributeError:
+                fast = False
+            if not fast:
+                check_tensor_list(params_name, params, FLOAT_DTYPES, device)
+            if param.shape != grad.shape:
+                check_same_shape(f"{params_name}[{index}]", param, f"{grads_name}[{index}]", grad)
+            if not param.is_contiguous():
+                params[index] = param.contiguous()
+    return grads, masks, params, scale, l1
+
+
+def pack_mask(mask: object) -> tuple:
+    """``mask`` bool, any shape (read flat, in row-major order)."""
+    return (_readable(check_tensor("mask", mask, (torch.bool,))),)
+
+
+def unpack_mask(packed: object, count: object) -> tuple:
+    """``packed`` uint8, 1-D, ``ceil(count/8)`` bytes; ``count`` >= 0."""
+    check_tensor("packed", packed, (torch.uint8,))
+    count = check_int("count", count, 0)
+    if packed.dim() != 1 or packed.numel() != packed_size(count):
+        raise ValueError(f"packed must be 1-D with ceil(n/8) = {packed_size(count)} bytes for n = {count}, "
+                         f"got shape {tuple(packed.shape)}")
+    return _readable(packed), count
+
+
+def mask_distances(importance: object, threshold: object, history: object, static_runs: object) -> tuple:
+    """``importance`` float (N values); ``threshold`` a one-element float tensor; ``history`` uint8
+    ``[K, ceil(N/8)]``; ``static_runs`` None or int32 ``[N]``, contiguous (updated in place)."""
+    check_tensor("importance", importance, FLOAT_DTYPES)
+    device = importance.device
+    count = importance.numel()
+    check_tensor("threshold", threshold, FLOAT_DTYPES, device)
+    if threshold.numel() != 1:
+        raise ValueError(f"threshold must be a number or a one-element tensor, got shape {tuple(threshold.shape)}")
+    check_tensor("history", history, (torch.uint8,), device)
+    if history.dim() != 2 or history.shape[1] != packed_size(count):
+        raise ValueError(f"history must have shape [K, ceil(N/8) = {packed_size(count)}] for "
+                         f"N = {count} importance values, got {tuple(history.shape)}")
+    if static_runs is not None:
+        check_tensor("static_runs", static_runs, (torch.int32,), device)
+        if static_runs.dim() != 1 or static_runs.numel() != count:
+            raise ValueError(f"static_runs must have shape ({count},), got {tuple(static_runs.shape)}")
+        check_contiguous("static_runs", static_runs)
+    return _readable(importance), _readable(threshold), _readable(history), static_runs
+
+
+def _value_list(values: object) -> list[torch.Tensor]:
+    tensors = check_tensor_list("values", _as_list("values", values), FLOAT_DTYPES)
+    if not tensors:
+        raise ValueError("values must hold at least one tensor")
+    return [_readable(tensor) for tensor in tensors]
+
+
+def kth_value(values: object, k: object) -> tuple:
+    """``values`` float tensors, one dtype and device, at least one element; ``0 <= k < total``."""
+    tensors = _value_list(values)
+    total = sum(tensor.numel() for tensor in tensors)
+    if total == 0:
+        raise ValueError("values must hold at least one element")
+    return tensors, check_int("k", k, 0, total)
+
+
+def digit_histogram(values: object, shift: object, prefix: object) -> tuple:
+    """``values`` as for ``kth_value`` (may be all empty); ``shift`` in 24/16/8/0;
+    ``0 <= prefix < 2**(24 - shift)``."""
+    tensors = _value_list(values)
+    if isinstance(shift, bool) or shift not in DIGIT_SHIFTS:
+        raise ValueError(f"shift must be one of {DIGIT_SHIFTS}, got {shift!r}")
+    return tensors, shift, check_int("prefix", prefix, 0, 1 << (24 - shift))
+
+
+def _check_like(name: str, tensor: object, dtypes: tuple[torch.dtype, ...], like_name: str,
+                like: torch.Tensor) -> torch.Tensor:
+    check_tensor(name, tensor, dtypes, like.device)
+    check_same_shape(name, tensor, like_name, like)
+    return tensor
+
+
+def gemminer_mask(weight: object, scores: object, flags: object) -> tuple:
+    """``weight``, ``scores`` float and ``flags`` bool of one shape."""
+    check_tensor("weight", weight, FLOAT_DTYPES)
+    _check_like("scores", scores, FLOAT_DTYPES, "weight", weight)
+    _check_like("flags", flags, (torch.bool,), "weight", weight)
+    return _readable(weight), _readable(scores), _readable(flags)
+
+
+def gemminer_mask_backward(grad: object, weight: object, scores: object, flags: object, need_weight: object,
+                           need_scores: object) -> tuple:
+    """``grad``, ``weight``, ``scores`` float and ``flags`` bool of one shape; two bools."""
+    check_tensor("grad", grad, FLOAT_DTYPES)
+    for name, tensor, dtypes in (("weight", weight, FLOAT_DTYPES), ("scores", scores, FLOAT_DTYPES),
+                                 ("flags", flags, (torch.bool,))):
+        _check_like(name, tensor, dtypes, "grad", grad)
+    for name, value in (("need_weight", need_weight), ("need_scores", need_scores)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return _readable(grad), _readable(weight), _readable(scores), _readable(flags), need_weight, need_scores
+
+
+def gemminer_step_(scores: object, grads: object, momentum_buffer: object, flags: object, lr: object,
+                   momentum: object, l2: object) -> tuple:
+    """``scores`` and ``momentum_buffer`` float, contiguous (updated in place); ``grads`` float and
+    ``flags`` bool, all of one shape; ``lr``, ``momentum``, ``l2`` finite."""
+    check_tensor("scores", scores, FLOAT_DTYPES)
+    for name, tensor, dtypes in (("grads", grads, FLOAT_DTYPES), ("momentum_buffer", momentum_buffer, FLOAT_DTYPES),
+                                 ("flags", flags, (torch.bool,))):
+        _check_like(name, tensor, dtypes, "scores", scores)
+    check_contiguous("scores", scores)
+    check_contiguous("momentum_buffer", momentum_buffer)
+    return (scores, _readable(grads), momentum_buffer, _readable(flags), check_float("lr", lr),
+            check_float("momentum", momentum), check_float("l2", l2))
+
+
+CONTRACTS: dict[str, Callable[..., tuple]] = {
+    "truncate_grads_": truncate_grads_,
+    "pack_mask": pack_mask,
+    "unpack_mask": unpack_mask,
+    "mask_distances": mask_distances,
+    "kth_value": kth_value,
+    "digit_histogram": digit_histogram,
+    "gemminer_mask": gemminer_mask,
+    "gemminer_mask_backward": gemminer_mask_backward,
+    "gemminer_step_": gemminer_step_,
+}
