@@ -2,9 +2,11 @@
 
 A run folder holds ``config.json``, ``init.pt`` (the initial weights), ``checkpoint.pt`` (the
 latest epoch: phase, epoch, model, optimizer, method state, metrics), ``ticket.safetensors`` once
-the search ends, then ``metrics.csv``, ``summary.md`` and plots. Every file is written atomically,
-so an interrupted run (Ctrl-C included) resumes from its last finished epoch with the same
-result as an uninterrupted one.
+the search ends, then ``metrics.csv``, ``summary.md`` and plots. Every file is written atomically
+and flushed to disk (``files.atomic_write``), and the metrics rows travel inside the checkpoint,
+so a run stopped at any moment (Ctrl-C, ``kill -9``, a power cut) resumes from its last finished
+epoch with the same result as an uninterrupted one; temporary files of an interrupted write are
+deleted when it resumes.
 
 Under ``torchrun`` every rank runs the same search on its shard of each global batch
 (``--batch-size`` is the global batch, split by ``DistributedSampler``), with the model wrapped
@@ -14,7 +16,6 @@ resumes from the same checkpoint.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,14 @@ from torch import nn
 
 from sparseticket.cli.config import RunConfig
 from sparseticket.cli.distributed import Processes, global_mean
-from sparseticket.cli.files import load_checkpoint, save_checkpoint, write_rows, write_text
+from sparseticket.cli.files import (
+    load_checkpoint,
+    remove_leftover_temporaries,
+    save_checkpoint,
+    save_ticket,
+    write_rows,
+    write_text,
+)
 from sparseticket.cli.jobs import make_job
 from sparseticket.experiments.datasets import load_dataset
 from sparseticket.experiments.models import build_model
@@ -87,6 +95,12 @@ class Search:
         if self.processes.is_main:
             write()
 
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary files of writes that a kill cut short (nothing ever reads them)."""
+        removed = remove_leftover_temporaries(self.run_dir)
+        if removed:
+            self.log(f"removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed)}")
+
     def _network(self, model: nn.Module) -> nn.Module:
         """What the training loop calls: ``model`` itself, or its (one) DDP wrapper when distributed."""
         if not self.processes.distributed:
@@ -120,6 +134,7 @@ class Search:
             raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
                              f"number of processes ({self.processes.world_size})")
         self._write(lambda: run_dir.mkdir(parents=True, exist_ok=True))
+        self._write(self._remove_leftovers)
         self._write(lambda: write_text(run_dir / "config.json", config.to_json()))
         start = time.perf_counter()
         data = self.data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed).to(self.device)
@@ -167,7 +182,7 @@ class Search:
                 self._write(lambda: save_checkpoint(self.checkpoint_path, checkpoint))
             search_done_epoch = epoch
             ticket = job.ticket()  # collective (e.g. the baselines' checksums): on every rank
-            self._write(lambda: ticket.save(run_dir / "ticket.safetensors"))
+            self._write(lambda: save_ticket(run_dir / "ticket.safetensors", ticket))
             searched = {"model": model.state_dict(), "method": job.state_dict()}
             self._write(lambda: save_checkpoint(run_dir / "searched.pt", searched))
             state = None

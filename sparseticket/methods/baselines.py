@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -77,16 +78,39 @@ def top_k_masks(scores: Mapping[str, torch.Tensor], keep: int) -> dict[str, torc
     return masks
 
 
-def random_mask(shape: torch.Size, count: int, generator: torch.Generator) -> torch.Tensor:
-    """A bool mask of ``shape`` with exactly ``count`` True entries at random positions."""
+def seeded_generator(seed: int | None) -> torch.Generator | None:
+    """A CPU generator seeded with ``seed``, or None (torch's global RNG) when ``seed`` is None.
+
+    The convention of every random baseline: no seed follows ``torch.manual_seed``; a seed gives
+    the same draw whatever the global RNG, which it leaves untouched.
+    """
+    seed = checked_seed(seed)
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def checked_seed(seed: object) -> int | None:
+    """``seed`` as a plain int (numpy integers too) or None; TypeError for anything else, bools included."""
+    if seed is None:
+        return None
+    if not isinstance(seed, bool):
+        try:
+            return operator.index(seed)
+        except TypeError:
+            pass
+    raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+
+
+def random_mask(shape: torch.Size, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A bool mask of ``shape`` with exactly ``count`` True entries at random positions
+    (drawn from ``generator``, or from torch's global RNG when it is None)."""
     flat = torch.zeros(math.prod(shape), dtype=torch.bool)
     flat[torch.randperm(flat.numel(), generator=generator)[:count]] = True
     return flat.view(shape)
 
 
-def _random_ticket_from_counts(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int], seed: int,
+def _random_ticket_from_counts(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int], seed: int | None,
                                method: str, hyperparameters: dict[str, Any]) -> Ticket:
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     masks = {name: random_mask(weight.shape, counts[name], generator) for name, weight in weights.items()}
     return checked(Ticket(masks, method, hyperparameters))
 
@@ -119,9 +143,12 @@ def proportional_counts(sizes: Mapping[str, int], shares: Mapping[str, int], kee
 
 # ----------------------------------------------------------------- random ratios
 def random_ticket(model: nn.Module, density: float, *, layer_densities: Mapping[str, float] | None = None,
-                  seed: int = 0) -> Ticket:
-    """Random masks: a uniform density per layer, or exactly ``round(d_l * n_l)`` per layer."""
-    density = check_density(density)
+                  seed: int | None = None) -> Ticket:
+    """Random masks: a uniform density per layer, or exactly ``round(d_l * n_l)`` per layer.
+
+    ``seed``: the masks' own generator; None draws from torch's global RNG (``torch.manual_seed``).
+    """
+    density, seed = check_density(density), checked_seed(seed)
     weights = prunable_weights(model)
     sizes = {name: weight.numel() for name, weight in weights.items()}
     if layer_densities is None:
@@ -166,10 +193,13 @@ def smart_ratio_counts(sizes: Mapping[str, int], keep: int, linear: str | None, 
     return {name: counts[name] for name in sizes}
 
 
-def smart_ratio_ticket(model: nn.Module, density: float, *, seed: int = 0, linear_keep: float = 0.3
+def smart_ratio_ticket(model: nn.Module, density: float, *, seed: int | None = None, linear_keep: float = 0.3
                        ) -> Ticket:
-    """Smart Ratio (Su et al., NeurIPS 2020): quadratically decaying layer densities, random masks."""
-    density = check_density(density)
+    """Smart Ratio (Su et al., NeurIPS 2020): quadratically decaying layer densities, random masks.
+
+    ``seed``: the masks' own generator; None draws from torch's global RNG (``torch.manual_seed``).
+    """
+    density, seed = check_density(density), checked_seed(seed)
     if not 0 <= linear_keep <= 1:
         raise ValueError(f"linear_keep must be in [0, 1], got {linear_keep}")
     layers = prunable_layers(model)

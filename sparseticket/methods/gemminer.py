@@ -60,7 +60,7 @@ class GemMiner:
     every T epochs (rate 1 - density**(1/floor((E-1)/T)) of the active weights each time);
     ``l2``: lambda of lambda*||p||^2; ``lr``/``momentum``: SGD on the scores (cosine schedule
     over ``epochs``). All of the model's own parameters are frozen while mining (BN acts as
-    non-affine).
+    non-affine). ``seed`` seeds the U[0, 1] score draw; None follows ``torch.manual_seed``.
     """
 
     def __init__(
@@ -101,9 +101,8 @@ class GemMiner:
             self.slices[weight_name(name)] = slice(start, start + module.weight.numel())
             start += module.weight.numel()
         device = next(iter(self.layers.values())).weight.device
-        generator = torch.Generator(device="cpu")
-        if seed is not None:
-            generator.manual_seed(seed)
+        # No seed: torch's global RNG (torch.manual_seed); a seed: its own generator, global RNG untouched.
+        generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         self.scores = nn.Parameter(torch.rand(start, generator=generator).to(device))  # U[0, 1]
         self.flags = torch.ones(start, dtype=torch.bool, device=device)
         self.momentum_buffer = torch.zeros(start, device=device)

@@ -64,10 +64,13 @@ def _error(model: nn.Module, loader: Iterable) -> float:
     model.eval()
     device = next(model.parameters()).device
     wrong, count = 0, 0
-    for inputs, labels in loader:
-        predictions = model(inputs.to(device)).argmax(dim=1)
-        wrong += int((predictions != labels.to(device)).sum())
-        count += len(labels)
+    # Iterating a DataLoader draws a seed from the global RNG even when it does not shuffle;
+    # evaluation needs no randomness, so it must not move the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        for inputs, labels in loader:
+            predictions = model(inputs.to(device)).argmax(dim=1)
+            wrong += int((predictions != labels.to(device)).sum())
+            count += len(labels)
     if count == 0:
         raise ValueError("loader yielded no examples")
     return wrong / count
@@ -127,6 +130,12 @@ def _make_pruning_permanent(model: nn.Module, ticket: Ticket) -> None:
         prune.remove(model.get_submodule(module_name), parameter_name)
 
 
+def _two_seeds() -> tuple[int, int]:
+    """Two different seeds below 2**31 (any seeding API takes them) from torch's global CPU RNG."""
+    first, second = torch.randint(0, 2**31 - 1, (2,)).tolist()
+    return first, second if second != first else second + 1  # the copies must differ
+
+
 def instability(
     model: nn.Module,
     *,
@@ -135,7 +144,7 @@ def instability(
     train_epoch: Callable[[nn.Module, Iterable, torch.optim.Optimizer], object],
     epochs: int,
     test_loader: Iterable,
-    seeds: Sequence[int] = (1, 2),
+    seeds: Sequence[int] | None = None,
     points: int = 30,
     ticket: Ticket | None = None,
 ) -> Barrier:
@@ -145,12 +154,15 @@ def instability(
     ``loader = make_loader(seed)`` (its order over all epochs must be fixed by the seed), then
     ``train_epoch(copy, loader, optimizer)`` ``epochs`` times. Training runs under
     ``torch.random.fork_rng`` seeded with the seed, so other randomness (dropout) is seeded per
-    copy too. ``model`` itself is not modified. For a sparse network pass its ``ticket``: each
+    copy too. With ``seeds=None`` the two seeds are drawn from torch's global RNG (so
+    ``torch.manual_seed`` fixes them); pass two ints to fix them yourself. ``model`` itself is
+    not modified. For a sparse network pass its ``ticket``: each
     copy trains with the masks registered as ``torch.nn.utils.prune`` masks (pruned weights stay
     zero whatever the optimizer), made permanent before the barrier is measured.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    seeds = _two_seeds() if seeds is None else seeds
     if len(seeds) != 2:
         raise ValueError(f"seeds must hold two seeds (one per copy), got {seeds!r}")
     copies = [_train_copy(model, seed, make_optimizer, make_loader, train_epoch, epochs, ticket)
