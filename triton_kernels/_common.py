@@ -79,6 +79,28 @@ def block_table(
     )
 
 
+@triton.jit
+def to_float32(value):
+    """``value`` as fp32; bfloat16 is widened through its bits, which is exact (Triton's
+    interpreter converts bfloat16 subnormals wrongly, so tests through it would see other values
+    than a GPU does; on a GPU this is the same shift the conversion does)."""
+    if value.dtype == tl.bfloat16:
+        return (value.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    return value.to(tl.float32)
+
+
+@triton.jit
+def round_to(value, dtype: tl.constexpr):
+    """fp32 ``value`` rounded to ``dtype`` (to nearest even); bfloat16 by its bits, which is exact
+    also in Triton's interpreter (whose own conversion truncates), with NaN as torch writes it."""
+    if dtype == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        upper = tl.where(value != value, 0x7FC0, rounded)
+        return upper.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return value.to(dtype)
+
+
 def aot_attrs(pointer_args: list[int]) -> dict:
     """``ASTSource`` attrs saying that these arguments are 16-byte aligned (what the JIT infers)."""
     return {(index,): [["tt.divisibility", 16]] for index in pointer_args}

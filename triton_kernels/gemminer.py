@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned
+from sparseticket.triton_kernels._common import aot_attrs, all_aligned, round_to, to_float32
 
 BLOCK = 2048
 
@@ -40,7 +40,7 @@ def gemminer_mask_kernel(weight, scores, flags, out, numel, ALIGNED: tl.constexp
         flags = tl.multiple_of(flags, 16)
         out = tl.multiple_of(out, 16)
     value = load_block(weight, offsets, in_range, full)
-    keep = (load_block(scores, offsets, in_range, full).to(tl.float32) > 0.5) & \
+    keep = (to_float32(load_block(scores, offsets, in_range, full)) > 0.5) & \
         (load_block(flags, offsets, in_range, full) != 0)
     store_block(out, offsets, tl.where(keep, value, 0), in_range, full)
 
@@ -62,12 +62,12 @@ def gemminer_mask_backward_kernel(
     upstream = load_block(grad, offsets, in_range, full)
     active = load_block(flags, offsets, in_range, full) != 0
     if NEED_WEIGHT:
-        keep = (load_block(scores, offsets, in_range, full).to(tl.float32) > 0.5) & active
-        result = tl.where(keep, upstream, 0).to(grad_weight.dtype.element_ty)
+        keep = (to_float32(load_block(scores, offsets, in_range, full)) > 0.5) & active
+        result = round_to(to_float32(tl.where(keep, upstream, 0)), grad_weight.dtype.element_ty)
         store_block(grad_weight, offsets, result, in_range, full)
     if NEED_SCORES:
-        product = upstream.to(tl.float32) * load_block(weight, offsets, in_range, full).to(tl.float32)
-        result = tl.where(active, product, 0.0).to(grad_scores.dtype.element_ty)
+        product = to_float32(upstream) * to_float32(load_block(weight, offsets, in_range, full))
+        result = round_to(tl.where(active, product, 0.0), grad_scores.dtype.element_ty)
         store_block(grad_scores, offsets, result, in_range, full)
 
 
@@ -85,18 +85,18 @@ def gemminer_step_kernel(
         grads = tl.multiple_of(grads, 16)
         momentum_buffer = tl.multiple_of(momentum_buffer, 16)
         flags = tl.multiple_of(flags, 16)
-    p = load_block(scores, offsets, in_range, full).to(tl.float32)
-    v = load_block(momentum_buffer, offsets, in_range, full).to(tl.float32)
-    g = load_block(grads, offsets, in_range, full).to(tl.float32)
+    p = to_float32(load_block(scores, offsets, in_range, full))
+    v = to_float32(load_block(momentum_buffer, offsets, in_range, full))
+    g = to_float32(load_block(grads, offsets, in_range, full))
     active = (load_block(flags, offsets, in_range, full) != 0) & in_range
     v_new = momentum * v + (g + (2.0 * l2) * p)
     # NaN stays NaN, as in torch.clamp and the C++ kernel (the default min/max drop it on NVIDIA GPUs)
     p_new = tl.clamp(p - lr * v_new, 0.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
-    v_out = tl.where(active, v_new, v).to(momentum_buffer.dtype.element_ty)
-    p_out = tl.where(active, p_new, p).to(scores.dtype.element_ty)
+    v_out = round_to(tl.where(active, v_new, v), momentum_buffer.dtype.element_ty)
+    p_out = round_to(tl.where(active, p_new, p), scores.dtype.element_ty)
     store_block(momentum_buffer, offsets, v_out, in_range, full)
     store_block(scores, offsets, p_out, in_range, full)
-    count = tl.sum(((p_out.to(tl.float32) > 0.5) & active).to(tl.int64), axis=0)
+    count = tl.sum(((to_float32(p_out) > 0.5) & active).to(tl.int64), axis=0)
     tl.atomic_add(kept, count)
 
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned, block_table, triton_dtype
+from sparseticket.triton_kernels._common import aot_attrs, all_aligned, block_table, to_float32, triton_dtype
 
 BLOCK = 4096
 DIGIT_BITS = 8
@@ -23,10 +23,11 @@ BINS = 1 << DIGIT_BITS
 @triton.jit
 def order_key(value):
     """uint32 key whose unsigned order is the float order of ``value`` (NaN largest)."""
-    bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+    wide = to_float32(value)
+    bits = wide.to(tl.uint32, bitcast=True)
     negative = (bits >> 31) != 0
     key = tl.where(negative, ~bits, bits | 0x80000000)
-    return tl.where(value != value, 0xFFFFFFFF, key)
+    return tl.where(wide != wide, 0xFFFFFFFF, key)  # NaN test in fp32: every NaN, whatever its sign
 
 
 @triton.jit

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned
+from sparseticket.triton_kernels._common import aot_attrs, all_aligned, to_float32
 
 BYTES_PER_PROGRAM = 512
 
@@ -54,10 +54,10 @@ def mask_distances_kernel(
     if ALIGNED:
         importance = tl.multiple_of(importance, 16)
     if (tl.program_id(0) + 1).to(tl.int64) * BYTES * 8 <= count:
-        value = tl.load(importance + element).to(tl.float32)
+        value = to_float32(tl.load(importance + element))
     else:
-        value = tl.load(importance + element, mask=in_range, other=0.0).to(tl.float32)
-    new_bits = ((value > tl.load(threshold).to(tl.float32)) & in_range).to(tl.int32)
+        value = to_float32(tl.load(importance + element, mask=in_range, other=0.0))
+    new_bits = ((value > to_float32(tl.load(threshold))) & in_range).to(tl.int32)
     new_byte = tl.sum(new_bits << bit[None, :], axis=1)
     byte_in_range = byte < row_bytes
     tl.store(packed + byte, new_byte.to(tl.uint8), mask=byte_in_range)

@@ -6,7 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned, block_table, triton_dtype
+from sparseticket.triton_kernels._common import (
+    aot_attrs,
+    all_aligned,
+    block_table,
+    round_to,
+    to_float32,
+    triton_dtype,
+)
 
 BLOCK = 2048
 
@@ -34,14 +41,14 @@ def truncate_grads_kernel(
     full = start + BLOCK <= numel
     in_range = offsets < numel
     if full:
-        value = tl.load(grad + offsets).to(tl.float32)
+        value = to_float32(tl.load(grad + offsets))
     else:
-        value = tl.load(grad + offsets, mask=in_range, other=0.0).to(tl.float32)
+        value = to_float32(tl.load(grad + offsets, mask=in_range, other=0.0))
     if HAS_L1:
         if full:
-            weight = tl.load(param + offsets).to(tl.float32)
+            weight = to_float32(tl.load(param + offsets))
         else:
-            weight = tl.load(param + offsets, mask=in_range, other=0.0).to(tl.float32)
+            weight = to_float32(tl.load(param + offsets, mask=in_range, other=0.0))
         sign = tl.where(weight > 0, 1.0, tl.where(weight < 0, -1.0, 0.0))
         value = value + l1 * sign
     kept = tl.load(keep + offsets // inner, mask=in_range, other=1) != 0
@@ -49,9 +56,9 @@ def truncate_grads_kernel(
     dropped = tl.where(scale == 0.0, 0.0, value * scale)
     value = tl.where(kept, value, dropped)
     if full:
-        tl.store(grad + offsets, value.to(GRAD_DTYPE))
+        tl.store(grad + offsets, round_to(value, GRAD_DTYPE))
     else:
-        tl.store(grad + offsets, value.to(GRAD_DTYPE), mask=in_range)
+        tl.store(grad + offsets, round_to(value, GRAD_DTYPE), mask=in_range)
 
 
 def truncate_grads_(

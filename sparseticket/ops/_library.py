@@ -1,6 +1,6 @@
 """The ``sparseticket`` torch.library namespace: one definition per op, a kernel per device.
 
-Every op gets the same implementation for the CPU and CUDA dispatch keys: it checks the
+Every op gets one implementation for every device (``CompositeExplicitAutograd``): it checks the
 arguments against the op's contract (``_contracts.CONTRACTS``: the one place every entry point
 passes, ``torch.ops.sparseticket.<op>`` called directly included), looks up the kernel module for
 the arguments' device (``_backend.kernels_for``; the C++ kernels of ``CHECKED_IN_CPP`` check the
@@ -51,8 +51,9 @@ def define_op(name: str, schema: str) -> Callable:
         return kernel(*args)
 
     run_kernel.__name__ = f"{name}_kernel"
-    LIBRARY.impl(name, run_kernel, "CPU")
-    LIBRARY.impl(name, run_kernel, "CUDA")
+    # One kernel for every backend key (CPU, CUDA; others meet the contract's device check), and for
+    # calls whose tensor lists are all empty, which carry no device to dispatch on.
+    LIBRARY.impl(name, run_kernel, "CompositeExplicitAutograd")
     return getattr(torch.ops.sparseticket, name)
 
 
