@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from sparseticket.experiments.data import load_digits_split
 from sparseticket.experiments.models import vgg_small
 from sparseticket.methods import WORM, Ticket
+from sparseticket.methods.teardown import end_distributed
 
 GLOBAL_BATCH = 64
 
@@ -53,9 +54,8 @@ def main() -> None:
         total = sum(mask.numel() for mask in ticket.channel_masks.values())
         print(f"ticket found at epoch {worm.found_epoch} on {dist.get_world_size()} processes: "
               f"{kept}/{total} channels kept, saved to ddp_worm.safetensors")
-    dist.barrier()  # rank 0 wrote the file last: let every rank finish before tearing down
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # outside main(), once the model is gone: barrier, destroy the group, join its threads

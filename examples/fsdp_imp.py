@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from sparseticket.experiments.data import load_digits_split
 from sparseticket.methods import IMP
+from sparseticket.methods.teardown import end_distributed
 
 GLOBAL_BATCH = 64
 ROUNDS = 3
@@ -63,9 +64,8 @@ def main() -> None:
     if dist.get_rank() == 0:
         ticket.save("fsdp_imp.safetensors")
         print(f"ticket at density {ticket.density():.4f} saved to fsdp_imp.safetensors")
-    dist.barrier()  # rank 0 wrote the file last: let every rank finish before tearing down
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # outside main(), once the model is gone: barrier, destroy the group, join its threads

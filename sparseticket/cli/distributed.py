@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from sparseticket.methods.teardown import end_distributed, exit_now
+
 DEFAULT_TIMEOUT_S = 600
 
 
@@ -63,14 +65,23 @@ def start(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Processes:
     return Processes(dist.get_rank(), dist.get_world_size(), placement)
 
 
-def stop(finished: bool) -> None:
-    """Tear the process group down (no-op without one). ``finished``: every rank got to the end,
-    so wait for them all first (rank 0 writes files last; tearing gloo down while a peer is still
-    busy can abort that peer). After an error, tear down at once: a barrier could only hang."""
-    if dist.is_available() and dist.is_initialized():
-        if finished:
-            dist.barrier()
-        dist.destroy_process_group()
+def stop(finished: bool) -> bool:
+    """Tear the process group down and free it (no-op without one); True once none of its threads is left.
+
+    ``finished``: every rank got to the end, so wait for them all first (rank 0 writes files last).
+    After an error, tear down at once: a barrier could only hang. Freeing the group, not only
+    destroying it, is what keeps gloo's threads from aborting the process at interpreter exit
+    (see ``sparseticket.methods.teardown``)."""
+    return end_distributed(finished)
+
+
+def exit_if_threads_left(released: bool, processes: Processes, code: int) -> None:
+    """Leave with ``code`` at once (``os._exit``) when this run's group could not be freed.
+
+    Its threads would otherwise run into interpreter finalization, where they can abort the process
+    (SIGABRT) after a run that succeeded; every file has been written and closed by then."""
+    if processes.distributed and not released:
+        exit_now(code)
 
 
 def global_mean(total: float, count: int, processes: Processes) -> float:

@@ -177,25 +177,27 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(arguments, "device", "auto") == "cuda" and not torch.cuda.is_available():
         print("sparseticket: error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         return 2
-    rank, finished = "", False
+    rank, finished, processes, code = "", False, distributed.Processes(), 0
     try:
         if arguments.command == "info":
             _info()
-            return 0
-        processes = distributed.start(_device(arguments), arguments.dist_timeout)
-        rank = f" (rank {processes.rank})" if processes.distributed else ""
-        {"search": _search, "compare": _compare}[arguments.command](arguments, processes)
+        else:
+            processes = distributed.start(_device(arguments), arguments.dist_timeout)
+            rank = f" (rank {processes.rank})" if processes.distributed else ""
+            {"search": _search, "compare": _compare}[arguments.command](arguments, processes)
         finished = True
     except KeyboardInterrupt:
         print(f"\nsparseticket: interrupted{rank}; the run folder resumes with --resume RUN_DIR", file=sys.stderr)
-        return 130
+        code = 130
     except Exception as error:  # noqa: BLE001 - user errors become one line
         from sparseticket.experiments.datasets import DatasetUnavailable
 
-        if isinstance(error, (ValueError, DatasetUnavailable, FileNotFoundError)):
-            print(f"sparseticket: error{rank}: {error}", file=sys.stderr)
-            return 2
-        raise
+        if not isinstance(error, (ValueError, DatasetUnavailable, FileNotFoundError)):
+            raise
+        print(f"sparseticket: error{rank}: {error}", file=sys.stderr)
+        code = 2
     finally:
-        distributed.stop(finished)
-    return 0
+        released = distributed.stop(finished)
+    # every exit path, errors included: a thread left to interpreter finalization could turn the code into SIGABRT
+    distributed.exit_if_threads_left(released, processes, code)
+    return code
