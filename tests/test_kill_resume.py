@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,12 +37,15 @@ GEMMINER = ["search", "--method", "gemminer", "--epochs", "6", "--density", "0.2
 IMP = ["search", "--method", "imp", "--rate", "0.5", "--density", "0.2", "--round-epochs", "3",
        "--rewind-step", "3", *TINY]
 TIMEOUT_S = 180
+# Subprocesses start here, so that they import the installed package (C++ kernels built), not the
+# checkout's source folder that the current directory would put first on sys.path.
+OUTSIDE_SOURCE_TREE = tempfile.gettempdir()
 
 
 def sparseticket(arguments: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m sparseticket`` (one thread), with the kill hook set or not."""
     return subprocess.run([sys.executable, "-m", "sparseticket", *arguments], env=environment(kill_at),
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+                          capture_output=True, text=True, timeout=TIMEOUT_S, cwd=OUTSIDE_SOURCE_TREE)
 
 
 def environment(kill_at: str | None = None) -> dict[str, str]:
@@ -193,7 +197,7 @@ def run_and_kill(command: list[str], out: Path, delay: float) -> tuple[int, str]
     """Start ``command``; once it has put a new checkpoint in place, wait ``delay`` seconds and
     SIGKILL it. Returns its exit status (0 if it finished first) and its stderr."""
     process = subprocess.Popen([sys.executable, "-m", "sparseticket", *command], env=environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=OUTSIDE_SOURCE_TREE)
     try:
         if wait_for_new_checkpoint(out, process):
             time.sleep(delay)

@@ -55,8 +55,9 @@ def test_end_distributed_without_a_group_is_a_no_op():
     assert not dist.is_initialized()
 
 
-def test_exit_now_flushes_and_keeps_the_exit_code():
+def test_exit_now_flushes_and_keeps_the_exit_code(tmp_path):
     code = ("import sys; from sparseticket.methods.teardown import exit_now; "
             "print('written', end=''); sys.stderr.write('warned'); exit_now(3)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # outside the source tree: the installed package (with its C++ kernels), not the checkout's folder
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (3, "written", "warned")  # pipes are block-buffered
