@@ -61,12 +61,21 @@ void check_same_sizes(const at::Tensor& a, const at::Tensor& b, const char* what
 }  // namespace
 
 at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags) {
+  auto out = at::empty(weight.sizes(), weight.options());
+  gemminer_mask_into(weight, scores, flags, out);
+  return out;
+}
+
+void gemminer_mask_into(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
+                        const at::Tensor& out) {
   check_input(weight, "weight");
   check_input(scores, "scores");
   check_input(flags, "flags", at::kBool);
+  check_input(out, "out");
   check_same_sizes(weight, scores, "gemminer_mask: weight and scores");
   check_same_sizes(weight, flags, "gemminer_mask: weight and flags");
-  auto out = at::empty(weight.sizes(), weight.options());
+  check_same_sizes(weight, out, "gemminer_mask: weight and out");
+  TORCH_CHECK(out.scalar_type() == weight.scalar_type(), "gemminer_mask: out must have weight's dtype");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "gemminer_mask", [&] {
     using W = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "gemminer_mask", [&] {
@@ -79,7 +88,6 @@ at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, con
       });
     });
   });
-  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad, const at::Tensor& weight,
@@ -123,6 +131,31 @@ std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad
     });
   });
   return {grad_weight, grad_scores};
+}
+
+void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& flags,
+                                        const at::Tensor& out) {
+  check_input(grad, "grad");
+  check_input(weight, "weight");
+  check_input(flags, "flags", at::kBool);
+  check_input(out, "out");
+  check_same_sizes(grad, weight, "gemminer_mask_backward: grad and weight");
+  check_same_sizes(grad, flags, "gemminer_mask_backward: grad and flags");
+  check_same_sizes(grad, out, "gemminer_mask_backward: grad and out");
+  TORCH_CHECK(grad.scalar_type() == weight.scalar_type(), "grad and weight must have one dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gemminer_mask_backward", [&] {
+    using T = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "gemminer_mask_backward", [&] {
+      using S = scalar_t;
+      const T* g = grad.data_ptr<T>();
+      const T* w = weight.data_ptr<T>();
+      const uint8_t* f = bool_data(flags);
+      S* gs = out.data_ptr<S>();
+      at::parallel_for(0, grad.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        backward_range<T, S, false, true>(g, w, static_cast<const S*>(nullptr), f, nullptr, gs, begin, end);
+      });
+    });
+  });
 }
 
 at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,

@@ -20,9 +20,15 @@ at::Tensor kth_value(at::TensorList values, int64_t k);
 at::Tensor digit_histogram(at::TensorList values, int64_t shift, int64_t prefix);
 
 at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags);
+// gemminer_mask written into `out` (contiguous, weight's shape and dtype).
+void gemminer_mask_into(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
+                        const at::Tensor& out);
 std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad, const at::Tensor& weight,
                                                           const at::Tensor& scores, const at::Tensor& flags,
                                                           bool need_weight, bool need_scores);
+// The scores' gradient of gemminer_mask_backward written into `out` (contiguous, scores' dtype).
+void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& flags,
+                                        const at::Tensor& out);
 at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
                           const at::Tensor& flags, double lr, double momentum, double l2);
 

@@ -18,6 +18,9 @@ TORCH_LIBRARY(sparseticket_cpu, m) {
         "bool need_scores) -> (Tensor, Tensor)");
   m.def("gemminer_step_(Tensor(a!) scores, Tensor grads, Tensor(b!) momentum_buffer, Tensor flags, float lr, "
         "float momentum, float l2) -> Tensor");
+  // gemminer_mask with its straight-through backward in C++ (gemminer_autograd.cpp): GemMiner's hot path.
+  m.def("gemminer_masked_weight(Tensor weight, Tensor scores, Tensor flags, Tensor grad_slot, Tensor claimed, "
+        "Tensor weight_slot) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseticket_cpu, CompositeExplicitAutograd, m) {

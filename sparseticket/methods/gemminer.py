@@ -10,10 +10,15 @@ mask ends at exactly ``density``. Scores and flags live in one flat buffer each:
     ...  gm.epoch_end(epoch)                      # freezing schedule, cosine learning rate
     ticket = gm.ticket(); gm.finish()             # weights back to their init, pruned ones zero
 
+Each layer's scores are their own ``nn.Parameter`` (``<layer>.parametrizations.weight.0.scores``),
+a view into the flat buffer ``gm.scores``, and each layer's gradient is a view into one flat
+gradient buffer that autograd accumulates into in place: a step allocates and moves memory in
+proportion to the number of scores, whatever the number of layers.
+
 Under ``torch.distributed``, wrap the model in ``DistributedDataParallel`` after creating the
-miner: the scores are registered as the model's one trainable parameter (on the first layer's
-parametrization), so DDP averages their gradient across ranks and ``gm.step()`` acts on the
-averaged gradient; the frozen flags are checksummed across ranks at every freezing round.
+miner: the per-layer scores are the model's only trainable parameters, so DDP averages their
+gradients across ranks and ``gm.step()`` acts on the averaged gradient; the frozen flags are
+checksummed across ranks at every freezing round.
 """
 
 from __future__ import annotations
@@ -26,26 +31,74 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparseticket._kernels.cpp import cpp_kernels
 from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
-from sparseticket.ops import gemminer_mask, gemminer_step_, kth_value
+from sparseticket.ops import gemminer_step_, kth_value
+from sparseticket.ops._backend import kernels_for
+
+_mask_op = torch.ops.sparseticket.gemminer_mask
+_mask_backward_op = torch.ops.sparseticket.gemminer_mask_backward
+_CPU = torch.device("cpu")
 
 
 class _ScoreMask(nn.Module):
-    """Parametrization: weight -> gemminer_mask(weight, scores view, flags view)."""
+    """Parametrization: weight -> gemminer_mask(weight, scores, flags) for one layer.
 
-    def __init__(self, miner: GemMiner, start: int, stop: int) -> None:
+    ``scores`` is this layer's trainable Parameter, a view into the miner's flat scores; ``flags``,
+    ``grad_slot`` (its slice of the flat score gradient) and ``claimed`` (one uint8: whether this
+    step's gradient already went into the slot) are views into the miner's flat buffers, kept as
+    plain attributes (the miner's own state_dict carries the state); ``weight_slot`` is memory
+    the C++ path reuses for the masked weight from step to step.
+    """
+
+    def __init__(self, scores: nn.Parameter, flags: torch.Tensor, grad_slot: torch.Tensor,
+                 claimed: torch.Tensor, weight_dtype: torch.dtype) -> None:
         super().__init__()
-        self._miner = [miner]  # a list: keep the miner out of the module tree
-        self.start, self.stop = start, stop
+        self.scores = scores
+        self.flags, self.grad_slot, self.claimed = flags, grad_slot, claimed
+        # where the C++ path writes the masked weight when the last one is no longer referenced
+        self.weight_slot = torch.empty(scores.shape, dtype=weight_dtype, device=scores.device)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        miner = self._miner[0]
-        scores = miner.scores[self.start:self.stop].view(weight.shape)
-        flags = miner.flags[self.start:self.stop].view(weight.shape)
-        return gemminer_mask(weight, scores, flags)
+        if torch.compiler.is_compiling():  # the traceable op; gm.step() gathers its gradients
+            return _mask_op(weight, self.scores, self.flags)
+        if weight.device.type == "cpu" and _cpp_path_active():  # no Python per layer, forward or backward
+            return torch.ops.sparseticket_cpu.gemminer_masked_weight(weight, self.scores, self.flags,
+                                                                     self.grad_slot, self.claimed, self.weight_slot)
+        return _MaskedWeight.apply(weight, self.scores, self.flags, self)
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """gemminer_mask whose scores gradient goes straight into the layer's slot of the flat gradient
+    (as the C++ op ``sparseticket_cpu::gemminer_masked_weight`` does; see csrc/gemminer_autograd.cpp)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tensor,
+                layer: _ScoreMask) -> torch.Tensor:
+        ctx.save_for_backward(weight, flags)
+        ctx.scores, ctx.layer = scores, layer  # the leaf itself: backward reads whether it has a .grad
+        return _mask_op(weight, scores, flags)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        weight, flags = ctx.saved_tensors
+        scores, layer = ctx.scores, ctx.layer
+        need_weight, need_scores = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_weight, grad_scores = _mask_backward_op(grad, weight, scores, flags, need_weight, need_scores)
+        if need_scores and scores.grad is None and not layer.claimed.item():
+            layer.claimed.fill_(1)
+            layer.grad_slot.copy_(grad_scores)
+            grad_scores = layer.grad_slot.view_as(layer.grad_slot)  # adopted as scores.grad
+        return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
+
+
+def _cpp_path_active() -> bool:
+    """Whether CPU ops run on the C++ kernels now (not the reference or Triton's interpreter)."""
+    kernels = cpp_kernels()
+    return kernels is not None and kernels_for(_CPU) is kernels
 
 
 def freezing_steps(epochs: int, period: int) -> int:
@@ -106,26 +159,77 @@ class GemMiner:
         self.scores = nn.Parameter(torch.rand(start, generator=generator).to(device))  # U[0, 1]
         self.flags = torch.ones(start, dtype=torch.bool, device=device)
         self.momentum_buffer = torch.zeros(start, device=device)
+        # One flat gradient: each layer's backward writes its slice (see _ScoreMask), step() reads it.
+        self._grad = torch.zeros(start, device=device)
+        self.scores.grad = self._grad
+        self._claimed = torch.zeros(len(self.layers), dtype=torch.uint8)  # host flags, reset every step
+        self._layer_scores: list[tuple[nn.Parameter, torch.Tensor]] = []
         for index, (name, module) in enumerate(self.layers.items()):
-            part = self.slices[weight_name(name)]
-            score_mask = _ScoreMask(self, part.start, part.stop)
-            if index == 0:
-                # The scores are the model's only trainable parameter while mining, so that
-                # DistributedDataParallel can wrap the model and average their gradient.
-                score_mask.scores = self.scores
+            part, shape = self.slices[weight_name(name)], module.weight.shape
+            layer_scores = nn.Parameter(self.scores.detach()[part].view(shape))  # shares the flat storage
+            grad_slot = self._grad[part].view(shape)
+            self._layer_scores.append((layer_scores, grad_slot))
+            score_mask = _ScoreMask(layer_scores, self.flags[part].view(shape), grad_slot,
+                                    self._claimed[index:index + 1], module.weight.dtype)
             parametrize.register_parametrization(module, "weight", score_mask, unsafe=True)
+        self._legacy_hook = model.register_load_state_dict_pre_hook(self._split_legacy_scores)
         self.freezes_done = 0
 
     # ----------------------------------------------------------------- per step
     def step(self) -> int:
         """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; returns
-        the number of weights in the mask (p > 0.5 and not frozen). Zeroes the score gradient."""
-        if self.scores.grad is None:
-            raise RuntimeError("no score gradient: call loss.backward() before gm.step()")
-        kept = gemminer_step_(self.scores.data, self.scores.grad, self.momentum_buffer, self.flags,
+        the number of weights in the mask (p > 0.5 and not frozen). Clears the score gradient."""
+        grad = self.gradient()
+        kept = gemminer_step_(self.scores.data, grad, self.momentum_buffer, self.flags,
                               lr=self.lr, momentum=self.momentum, l2=self.l2)
-        self.scores.grad = None
+        self.zero_grad()
         return kept
+
+    def zero_grad(self) -> None:
+        """Forget this step's score gradient (every layer's ``.grad`` back to None)."""
+        for layer_scores, _ in self._layer_scores:
+            layer_scores.grad = None
+        self._claimed.zero_()
+        self.scores.grad = self._grad
+
+    @torch.no_grad()
+    def gradient(self) -> torch.Tensor:
+        """The flat score gradient of this step (``gm.scores.grad``), layer by layer.
+
+        Each layer's backward normally writes its slice directly. A layer whose gradient lives
+        elsewhere (compiled forward, DDP bucket views, an accumulation onto a ``.grad`` someone
+        else set) is copied into its slice; a layer without a gradient counts as zero.
+        """
+        missing = 0
+        for layer_scores, grad_slot in self._layer_scores:
+            current = layer_scores.grad
+            if current is None:
+                missing += 1
+                grad_slot.zero_()
+            elif current.data_ptr() != grad_slot.data_ptr():
+                grad_slot.copy_(current)
+        if missing == len(self._layer_scores):
+            raise RuntimeError("no score gradient: call loss.backward() before gm.step()")
+        self.scores.grad = self._grad
+        return self._grad
+
+    def _split_legacy_scores(self, module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Load a model state saved before per-layer scores (one flat ``scores`` Parameter on the
+        first layer's parametrization): split it into the layers' keys."""
+        first = next(iter(self.layers))
+        key = f"{prefix}{first + '.' if first else ''}parametrizations.weight.0.scores"
+        saved = state_dict.get(key)
+        if not isinstance(saved, torch.Tensor) or saved.shape == self._layer_scores[0][0].shape:
+            return  # the current layout (or nothing to load): the normal checks apply
+        if saved.dim() != 1:
+            return  # not the flat layout either: load_state_dict reports the size mismatch
+        if saved.numel() != self.scores.numel():
+            raise ValueError(f"GemMiner: {key} holds {saved.numel()} flat scores (an older checkpoint's "
+                             f"layout), this model has {self.scores.numel()}: not the same model")
+        for (name, _), (layer_scores, _) in zip(self.layers.items(), self._layer_scores):
+            part = self.slices[weight_name(name)]
+            layer_key = f"{prefix}{name + '.' if name else ''}parametrizations.weight.0.scores"
+            state_dict[layer_key] = saved[part].view(layer_scores.shape)
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -221,6 +325,7 @@ class GemMiner:
         """Remove the score parametrizations: weights back at their initialization with the
         ticket's pruned weights zeroed, every parameter trainable again. Returns the ticket."""
         ticket = self.ticket()
+        self._legacy_hook.remove()
         for module in self.layers.values():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         for parameter in self.model.parameters():

@@ -1,0 +1,126 @@
+// GemMiner's per-layer hot path: the score-masked weight with its straight-through backward as one
+// C++ autograd op, sparseticket_cpu::gemminer_masked_weight(weight, scores, flags, grad_slot, claimed).
+//
+// - No Python runs per layer in forward or backward (the Python autograd path costs several times
+//   the kernels at ResNet layer sizes).
+// - The scores' gradient is written straight into `grad_slot` (this layer's slice of the miner's
+//   flat gradient) and returned as a fresh alias of it, which autograd's AccumulateGrad adopts as
+//   `scores.grad` without a copy: no temporary, no zero-fill, no accumulation pass.
+// - That shortcut is taken only for the first gradient of a step (`claimed[0]` is 0, set here,
+//   reset by GemMiner.step()) and only when `scores.grad` is undefined. A second use of the layer
+//   in one graph, or a second backward before the step (gradient accumulation), gets a fresh
+//   tensor that autograd adds as usual.
+// - The masked weight is written into `weight_slot`, a buffer the layer keeps, whenever no tensor but
+//   the slot itself references its memory (the previous step's graph is gone): a step then allocates
+//   (and page-faults) nothing per layer. While a graph or a caller still holds the last masked
+//   weight (gradient accumulation over several forwards), a fresh tensor is allocated.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "common.h"
+#include "ops.h"
+
+namespace sparseticket {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// gemminer_mask into the slot's memory when nothing else references it (a fresh tensor otherwise).
+at::Tensor masked_into_slot(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
+                            const at::Tensor& weight_slot) {
+  const bool reusable = weight_slot.sizes() == weight.sizes() && weight_slot.scalar_type() == weight.scalar_type() &&
+                        weight_slot.is_contiguous() && weight_slot.device() == weight.device() &&
+                        weight_slot.storage().use_count() == 1;
+  if (!reusable) return gemminer_mask(weight, scores, flags);
+  // A new tensor on the slot's storage (not a view of it): it marks the memory as in use until freed.
+  auto out = at::empty({0}, weight.options());
+  out.set_(weight_slot.storage(), weight_slot.storage_offset(), weight.sizes(), weight_slot.strides());
+  gemminer_mask_into(weight, scores, flags, out);
+  return out;
+}
+
+class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& scores,
+                            const at::Tensor& flags, const at::Tensor& grad_slot, const at::Tensor& claimed,
+                            const at::Tensor& weight_slot) {
+    ctx->save_for_backward({weight, flags});
+    ctx->saved_data["scores"] = scores;  // the leaf itself: backward reads whether it has a .grad
+    ctx->saved_data["grad_slot"] = grad_slot;
+    ctx->saved_data["claimed"] = claimed;
+    return masked_into_slot(weight, scores, flags, weight_slot);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& weight = saved[0];
+    const auto& flags = saved[1];
+    const auto scores = ctx->saved_data["scores"].toTensor();
+    const bool need_weight = ctx->needs_input_grad(0), need_scores = ctx->needs_input_grad(1);
+    const auto grad = grad_outputs[0].to(weight.scalar_type()).contiguous();
+    at::Tensor grad_weight, grad_scores;
+    if (need_weight) grad_weight = std::get<0>(gemminer_mask_backward(grad, weight, scores, flags, true, false));
+    if (need_scores) {
+      auto claimed = ctx->saved_data["claimed"].toTensor();
+      uint8_t* first = claimed.data_ptr<uint8_t>();
+      const auto grad_slot = ctx->saved_data["grad_slot"].toTensor();
+      if (*first == 0 && !scores.grad().defined() && grad_slot.scalar_type() == scores.scalar_type()) {
+        *first = 1;
+        gemminer_mask_backward_scores_into(grad, weight, flags, grad_slot);
+        grad_scores = grad_slot.alias();  // one reference: AccumulateGrad adopts it as scores.grad
+      } else {
+        grad_scores = at::empty(scores.sizes(), scores.options());
+        gemminer_mask_backward_scores_into(grad, weight, flags, grad_scores);
+      }
+    }
+    return {grad_weight, grad_scores, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The contract of sparseticket::gemminer_mask (ops/_contracts.py) in C++, plus the slot's: float
+// weight and scores, bool flags, one shape, CPU; read-only inputs read through contiguous copies.
+void check_masked_weight(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
+                         const at::Tensor& grad_slot, const at::Tensor& claimed) {
+  const at::Device cpu(at::kCPU);
+  check_float_on(cpu, weight, "weight");
+  check_float_on(cpu, scores, "scores");
+  check_float_on(cpu, grad_slot, "grad_slot");
+  TORCH_CHECK_TYPE(flags.scalar_type() == at::kBool && flags.device() == cpu,
+                   "flags must be bool on cpu, got ", describe(flags));
+  TORCH_CHECK_TYPE(claimed.scalar_type() == at::kByte && claimed.device() == cpu && claimed.numel() == 1,
+                   "claimed must be one uint8 on cpu, got ", describe(claimed), " of shape ",
+                   shape_string(claimed.sizes()));
+  TORCH_CHECK_VALUE(scores.sizes() == weight.sizes() && flags.sizes() == weight.sizes() &&
+                        grad_slot.sizes() == weight.sizes(),
+                    "scores, flags and grad_slot must have weight's shape ", shape_string(weight.sizes()), ", got ",
+                    shape_string(scores.sizes()), ", ", shape_string(flags.sizes()), " and ",
+                    shape_string(grad_slot.sizes()));
+  TORCH_CHECK_VALUE(grad_slot.is_contiguous(), "grad_slot must be contiguous (it is written in place)");
+}
+
+at::Tensor masked_weight_autograd(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
+                                  const at::Tensor& grad_slot, const at::Tensor& claimed,
+                                  const at::Tensor& weight_slot) {
+  check_masked_weight(weight, scores, flags, grad_slot, claimed);
+  // scores is passed as is (not a contiguous copy): backward asks the leaf whether it has a .grad
+  TORCH_CHECK_VALUE(scores.is_contiguous(), "scores must be contiguous");
+  return MaskedWeight::apply(weight.contiguous(), scores, flags.contiguous(), grad_slot, claimed, weight_slot);
+}
+
+at::Tensor masked_weight_forward(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
+                                 const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor&) {
+  check_masked_weight(weight, scores, flags, grad_slot, claimed);
+  return gemminer_mask(weight.contiguous(), scores.contiguous(), flags.contiguous());
+}
+
+}  // namespace
+}  // namespace sparseticket
+
+TORCH_LIBRARY_IMPL(sparseticket_cpu, Autograd, m) {
+  m.impl("gemminer_masked_weight", &sparseticket::masked_weight_autograd);
+}
+
+TORCH_LIBRARY_IMPL(sparseticket_cpu, CPU, m) {
+  m.impl("gemminer_masked_weight", &sparseticket::masked_weight_forward);
+}
