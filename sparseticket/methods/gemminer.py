@@ -31,17 +31,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparseticket._kernels.cpp import cpp_kernels
 from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
-from sparseticket.ops import gemminer_step_, kth_value
-from sparseticket.ops._backend import kernels_for
+from sparseticket.ops import active_cpu_backend, gemminer_step_, kth_value
 
 _mask_op = torch.ops.sparseticket.gemminer_mask
 _mask_backward_op = torch.ops.sparseticket.gemminer_mask_backward
-_CPU = torch.device("cpu")
 
 
 class _ScoreMask(nn.Module):
@@ -97,8 +94,7 @@ class _MaskedWeight(torch.autograd.Function):
 
 def _cpp_path_active() -> bool:
     """Whether CPU ops run on the C++ kernels now (not the reference or Triton's interpreter)."""
-    kernels = cpp_kernels()
-    return kernels is not None and kernels_for(_CPU) is kernels
+    return active_cpu_backend() == "cpp"
 
 
 def freezing_steps(epochs: int, period: int) -> int:
