@@ -9,6 +9,11 @@
 namespace sparseticket {
 
 void truncate_grads_(at::TensorList grads, at::TensorList keep, at::TensorList params, double scale, double l1);
+// truncate_grads_ without the checks, for callers that checked once (the TruncationPlan): CPU,
+// contiguous grads of one float dtype, bool masks per channel or per element, params (of one float
+// dtype, grads' shapes) only when l1 != 0.
+void truncate_grads_unchecked(at::TensorList grads, at::TensorList keep, at::TensorList params, double scale,
+                              double l1);
 
 at::Tensor pack_mask(const at::Tensor& mask);
 at::Tensor unpack_mask(const at::Tensor& packed, int64_t count);

@@ -115,10 +115,16 @@ void truncate_grads_(at::TensorList grads, at::TensorList keep_in, at::TensorLis
     }
   }
   TORCH_CHECK_VALUE(device.is_cpu(), "grads must be CPU tensors for the C++ kernels, got ", device);
+  truncate_grads_unchecked(grads, keep, params, scale, l1);
+}
+
+void truncate_grads_unchecked(at::TensorList grads, at::TensorList keep, at::TensorList params, double scale,
+                              double l1) {
+  if (grads.empty()) return;
   const float fscale = static_cast<float>(scale), fl1 = static_cast<float>(l1);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_dtype, "truncate_grads_", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grads[0].scalar_type(), "truncate_grads_", [&] {
     using G = scalar_t;
-    if (!use_l1) return truncate_list<G, float, false>(grads, keep, params, fscale, fl1);
+    if (l1 == 0.0) return truncate_list<G, float, false>(grads, keep, params, fscale, fl1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "truncate_grads_", [&] {
       truncate_list<G, scalar_t, true>(grads, keep, params, fscale, fl1);
     });

@@ -8,17 +8,22 @@ from types import ModuleType
 import torch
 
 
-def _load() -> tuple[object | None, str]:
+def _load() -> tuple[ModuleType | None, object | None, str]:
     if os.environ.get("SPARSETICKET_DISABLE_CPP") == "1":
-        return None, "disabled by SPARSETICKET_DISABLE_CPP=1"
+        return None, None, "disabled by SPARSETICKET_DISABLE_CPP=1"
     try:
-        import sparseticket._C  # noqa: F401  (importing registers the ops)
+        import sparseticket._C as extension  # importing registers the ops
     except ImportError as error:
-        return None, f"the C++ extension is not built ({error})"
-    return torch.ops.sparseticket_cpu, ""
+        return None, None, f"the C++ extension is not built ({error})"
+    return extension, torch.ops.sparseticket_cpu, ""
 
 
-CPP_KERNELS, CPP_UNAVAILABLE_REASON = _load()
+_EXTENSION, CPP_KERNELS, CPP_UNAVAILABLE_REASON = _load()
+
+
+def cpp_extension() -> ModuleType | None:
+    """The extension module itself (its bound classes, e.g. ``NativeTruncationPlan``), or None."""
+    return _EXTENSION
 
 
 def cpp_kernels() -> ModuleType | None:

@@ -1,0 +1,190 @@
+"""The whole training step with each method attached, against the same dense step, at real model sizes (CPU).
+
+Run: ``pytest benchmarks/test_step.py --benchmark-only`` (or ``python benchmarks/run.py``, which
+writes the table into RESULTS.md).
+
+Each test builds one model twice from the same initialization: a dense copy and a copy with the
+method attached, each with ``SGD(momentum=0.9, weight_decay=1e-4, foreach=True)``. A step is
+``zero_grad``, forward, loss, backward, the method's hooks and ``optimizer.step()``; Gem-Miner's
+mining step is forward, backward and ``gm.step()`` (its fused score update replaces the optimizer).
+
+The two steps are interleaved (pytest-benchmark's untimed ``setup`` of every round runs and times
+one dense step), so slow drifts of the machine hit both alike. ``extra_info`` keeps:
+
+- ``overhead``: median over rounds of (method step / dense step of the same round) - 1, with its
+  quartiles ``overhead_q1``/``overhead_q3`` (the spread across rounds);
+- ``hook_share``: the method's per-step hooks alone (timed on the gradients of a real step) over
+  the dense step's median: the overhead free of whole-step noise, for hooks far below it.
+
+Models (batch and input kept small so a step stays well under a second on 2 cores):
+ResNet-50 (Hugging Face ``ResNetForImageClassification``, 1000 classes, batch 4 at 64x64),
+BERT-base shapes (the package's transformer with 12 blocks, width 768, 12 heads, FFN 3072, 128
+tokens, batch 1; EarlyBird/WORM slim it with ``attach_slimming``), ResNet-20 (batch 64 at 32x32)
+and the built-in small VGG (digits, batch 64).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from sparseticket.experiments.data import load_digits_split
+from sparseticket.experiments.models import resnet20, vgg_small
+from sparseticket.experiments.transformer_model import TinyTransformer
+from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, attach_slimming
+
+ROUNDS = {"resnet50": 12, "bert_base": 8, "resnet20": 15, "vgg_small": 200}
+METHODS = ("earlybird", "worm_truncating", "imp", "gemminer")
+
+
+@dataclass
+class Case:
+    """A model factory and one batch."""
+
+    build: Callable[[], nn.Module]
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    transformer: bool = False
+
+
+def _resnet50() -> Case:
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    generator = torch.Generator().manual_seed(0)
+
+    class Logits(nn.Module):  # the Hugging Face output object -> plain logits
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = ResNetForImageClassification(ResNetConfig(num_labels=1000))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(pixel_values=x).logits
+
+    return Case(Logits, torch.randn(4, 3, 64, 64, generator=generator),
+                torch.randint(0, 1000, (4,), generator=generator))
+
+
+def _bert_base() -> Case:
+    generator = torch.Generator().manual_seed(0)
+    tokens, token_dim = 128, 64
+
+    def build() -> nn.Module:
+        return TinyTransformer(tokens * token_dim, 2, dim=768, heads=12, ffn=3072, layers=12, tokens=tokens)
+
+    return Case(build, torch.randn(1, tokens * token_dim, generator=generator),
+                torch.randint(0, 2, (1,), generator=generator), transformer=True)
+
+
+def _resnet20() -> Case:
+    generator = torch.Generator().manual_seed(0)
+    return Case(resnet20, torch.randn(64, 3, 32, 32, generator=generator),
+                torch.randint(0, 10, (64,), generator=generator))
+
+
+def _vgg_small() -> Case:
+    data = load_digits_split()
+    return Case(vgg_small, data.train_images[:64], data.train_labels[:64])
+
+
+CASES = {"resnet50": _resnet50, "bert_base": _bert_base, "resnet20": _resnet20, "vgg_small": _vgg_small}
+
+
+def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
+                           weight_decay=1e-4, foreach=True)
+
+
+def _training_step(model: nn.Module, case: Case, hooks: Callable[[], None] | None = None,
+                   after_step: Callable[[], None] | None = None) -> Callable[[], None]:
+    optimizer = _optimizer(model)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(case.inputs), case.labels).backward()
+        if hooks is not None:
+            hooks()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+
+    return step
+
+
+def _worm_truncating(model: nn.Module) -> WORM:
+    worm = WORM(model, queue=2, trigger=1.0)
+    worm.epoch_end()
+    worm.epoch_end()  # a full queue of identical masks: triggered
+    assert worm.truncating
+    return worm
+
+
+def _method_step(method: str, model: nn.Module, case: Case) -> tuple[Callable[[], None], Callable[[], None] | None]:
+    """(the whole step with ``method`` attached to ``model``, its per-step hooks alone or None)."""
+    if method == "gemminer":
+        miner = GemMiner(model, density=0.05, epochs=10)
+
+        def mining_step() -> None:
+            nn.functional.cross_entropy(model(case.inputs), case.labels).backward()
+            miner.step()
+
+        return mining_step, None
+    if method == "imp":
+        imp = IMP(model)
+        imp.prune_round()
+
+        def imp_hooks() -> None:
+            imp.after_backward()
+            imp.after_step()
+
+        return _training_step(model, case, imp.after_backward, imp.after_step), imp_hooks
+    if case.transformer:
+        attach_slimming(model)
+    tracker = EarlyBird(model) if method == "earlybird" else _worm_truncating(model)
+    return _training_step(model, case, tracker.after_backward), tracker.after_backward
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("model_name", list(CASES))
+def test_training_step(benchmark, model_name, method):
+    case = CASES[model_name]()
+    torch.manual_seed(0)
+    dense_model = case.build()
+    method_model = copy.deepcopy(dense_model)
+    dense_step = _training_step(dense_model, case)
+    method_step, hooks = _method_step(method, method_model, case)
+    benchmark.group = f"training step: {model_name}"
+    for _ in range(2):  # warm-up: allocations, the plans' first calls
+        dense_step()
+        method_step()
+    dense_times: list[float] = []
+    hook_times: list[float] = []
+
+    def time_dense_step() -> None:
+        start = time.perf_counter()
+        dense_step()
+        dense_times.append(time.perf_counter() - start)
+        if hooks is not None:  # on the gradients the method's last step left
+            start = time.perf_counter()
+            hooks()
+            hook_times.append(time.perf_counter() - start)
+
+    rounds = ROUNDS[model_name]
+    benchmark.pedantic(method_step, setup=time_dense_step, rounds=rounds, iterations=1, warmup_rounds=0)
+    method_times = list(benchmark.stats.stats.data)
+    ratios = sorted(m / d - 1 for m, d in zip(method_times, dense_times[-len(method_times):]))
+    quartiles = statistics.quantiles(ratios, n=4)
+    dense_median = statistics.median(dense_times)
+    benchmark.extra_info.update({
+        "method": method, "model": model_name, "rounds": rounds,
+        "dense_median": dense_median, "method_median": statistics.median(method_times),
+        "overhead": statistics.median(ratios), "overhead_q1": quartiles[0], "overhead_q3": quartiles[2],
+        "hook_median": statistics.median(hook_times) if hook_times else None,
+        "hook_share": statistics.median(hook_times) / dense_median if hook_times else None,
+    })
