@@ -2,10 +2,17 @@
 
 Run: ``python benchmarks/run.py`` (writes RESULTS.md and a plot), or
 ``pytest benchmarks/ --benchmark-only --benchmark-group-by=group``. Each group holds the fused
-op and, measured in the same run, the code a peer would write (a Python loop over layers),
-``torch._foreach_*`` where it applies and ``torch.compile`` of the reference. Fused tests record
-the bytes the op must move (``extra_info["bytes"]``) so the runner reports achieved bandwidth
-against ``test_copy_bandwidth``.
+op and, measured in the same run:
+
+- ``peer_*``: what a competent PyTorch user writes (``torch._foreach_*`` over the layers; for
+  Gem-Miner ``SGD(momentum, weight_decay=2*l2, foreach=True)``, ``clamp_`` and
+  ``torch.count_nonzero``);
+- ``official_*``: the way the method's original repository does it (a Python loop over layers;
+  for Gem-Miner the L2 term built through autograd in the loss);
+- ``compiled``: ``torch.compile`` of the reference.
+
+Fused tests record the bytes the op must move (``extra_info["bytes"]``) so the runner reports
+achieved bandwidth against ``test_copy_bandwidth``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from conftest import tensors_like
 
 import sparseticket.ops as ops
 
-L1, CHI, RATIO = 1e-4, 0.003, 0.5
+L1, CHI, RATIO, L2 = 1e-4, 0.003, 0.5, 1e-4
 FLOAT, FLAG = 4, 1
 
 
@@ -55,10 +62,13 @@ def _bn_case(shapes):
     return gammas, grads, keep
 
 
-@pytest.mark.parametrize("way", ["loop", "foreach", "compiled", "fused", "fused_plan"])
+@pytest.mark.parametrize("way", ["official_loop", "peer_foreach", "compiled", "fused", "fused_plan"])
 def test_earlybird_worm_bn_update(benchmark, network, way):
     """EarlyBird's L1 on every BN gamma plus WORM's per-channel scaling of its gradient.
-    ``fused_plan``: the same op through a TruncationPlan (lists checked once), as the methods call it."""
+    ``official_loop``: per BN layer, ``grad.add_(l1 * sign(gamma))`` as the EarlyBird repository does,
+    then the scaling; ``peer_foreach``: ``torch._foreach_add_`` of the L1 sign term and
+    ``torch._foreach_mul_``; ``fused_plan``: the fused op through a TruncationPlan (lists checked
+    once, a C++ call per step), as the methods call it."""
     name, shapes = network
     gammas, grads, keep = _bn_case(shapes)
     benchmark.group = f"EB L1 + WORM scale, {len(gammas)} BN layers ({name})"
@@ -75,11 +85,11 @@ def test_earlybird_worm_bn_update(benchmark, network, way):
             grad.add_(torch.sign(gamma), alpha=L1)
             grad.mul_(factor)
 
-    if way == "loop":
+    if way == "official_loop":
         run = loop
     elif way == "compiled":
         run = _compiled(loop)
-    elif way == "foreach":
+    elif way == "peer_foreach":
         def run():
             torch._foreach_add_(grads, torch._foreach_sign(gammas), alpha=L1)
             torch._foreach_mul_(grads, factors)
@@ -91,9 +101,11 @@ def test_earlybird_worm_bn_update(benchmark, network, way):
     benchmark(run)
 
 
-@pytest.mark.parametrize("way", ["loop", "foreach", "compiled", "fused", "fused_plan"])
+@pytest.mark.parametrize("way", ["official_loop", "peer_foreach", "compiled", "fused", "fused_plan"])
 def test_imp_masked_gradients(benchmark, network, way):
-    """Zeroing the gradients of pruned weights (IMP), every conv/linear weight of the network."""
+    """Zeroing the gradients of pruned weights (IMP), every conv/linear weight of the network.
+    ``official_loop``: ``grad.mul_(mask)`` per layer (open_lth multiplies per layer too);
+    ``peer_foreach``: ``torch._foreach_mul_`` with float masks."""
     name, shapes = network
     grads = tensors_like(shapes["conv"] + shapes["linear"], seed=3)
     keep = [torch.rand(grad.shape) > 0.8 for grad in grads]
@@ -115,7 +127,7 @@ def test_imp_masked_gradients(benchmark, network, way):
 
         def run():
             ops.truncate_grads_(grads, keep)
-    elif way == "loop":
+    elif way == "official_loop":
         run = loop
     elif way == "compiled":
         run = _compiled(loop)
@@ -178,9 +190,13 @@ def test_earlybird_mask_queue(benchmark, network, way):
     benchmark(run)
 
 
-@pytest.mark.parametrize("way", ["sgd_autograd", "foreach_sgd", "compiled", "fused"])
+@pytest.mark.parametrize("way", ["official_autograd_l2", "peer_sgd_weight_decay", "compiled", "fused"])
 def test_gemminer_score_step(benchmark, network, way):
-    """One Gem-Miner score update (SGD momentum + L2 + clamp) over one flat score buffer."""
+    """One Gem-Miner score update (SGD momentum + L2 + clamp + the count of kept scores) over one
+    flat score buffer. ``peer_sgd_weight_decay``: ``SGD(momentum=0.9, weight_decay=2*l2,
+    foreach=True)`` (the gradient of l2*||p||^2 is 2*l2*p), ``clamp_``, ``torch.count_nonzero``;
+    ``official_autograd_l2``: as the Gem-Miner repository, l2*||p||^2 added to the loss and
+    differentiated by autograd, the default SGD, ``clamp_``, the same count."""
     name, shapes = network
     count = sum(torch.Size(shape).numel() for shape in shapes["conv"] + shapes["linear"])
     generator = torch.Generator().manual_seed(6)
@@ -193,24 +209,39 @@ def test_gemminer_score_step(benchmark, network, way):
         benchmark.extra_info["bytes"] = count * (5 * FLOAT + FLAG)  # read p, v, g, flags; write p, v
 
         def run():
-            ops.gemminer_step_(scores, grads, buffer, flags, lr=0.1, momentum=0.9, l2=1e-4)
+            return ops.gemminer_step_(scores, grads, buffer, flags, lr=0.1, momentum=0.9, l2=L2)
     elif way == "compiled":
         def step():
-            new_buffer = 0.9 * buffer + grads + 2e-4 * scores
+            new_buffer = 0.9 * buffer + grads + 2 * L2 * scores
             new_scores = torch.clamp(scores - 0.1 * new_buffer, 0, 1)
             buffer.copy_(torch.where(flags, new_buffer, buffer))
             scores.copy_(torch.where(flags, new_scores, scores))
+            return torch.count_nonzero((scores > 0.5) & flags)
 
-        run = _compiled(step)
+        compiled = _compiled(step)
+
+        def run():
+            return int(compiled())
+    elif way == "peer_sgd_weight_decay":
+        parameter = torch.nn.Parameter(scores.clone())
+        parameter.grad = grads  # SGD reads it; weight decay is added out of place
+        optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9, weight_decay=2 * L2, foreach=True)
+
+        def run():
+            optimizer.step()
+            with torch.no_grad():
+                parameter.clamp_(0, 1)
+            return int(torch.count_nonzero(parameter > 0.5))
     else:
         parameter = torch.nn.Parameter(scores.clone())
-        optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9, foreach=way == "foreach_sgd")
+        optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9)
 
         def run():
             parameter.grad = None
-            (1e-4 * parameter.square().sum()).backward()
+            (L2 * torch.norm(parameter, p=2) ** 2).backward()
             parameter.grad.add_(grads)
             optimizer.step()
             with torch.no_grad():
                 parameter.clamp_(0, 1)
+            return int(torch.count_nonzero(parameter > 0.5))
     benchmark(run)

@@ -40,7 +40,7 @@ from sparseticket.experiments.models import resnet20, vgg_small
 from sparseticket.experiments.transformer_model import TinyTransformer
 from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, attach_slimming
 
-ROUNDS = {"resnet50": 12, "bert_base": 8, "resnet20": 15, "vgg_small": 200}
+ROUNDS = {"resnet50": 30, "bert_base": 16, "resnet20": 30, "vgg_small": 300}
 METHODS = ("earlybird", "worm_truncating", "imp", "gemminer")
 
 
