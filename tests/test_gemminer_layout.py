@@ -202,3 +202,25 @@ def test_cpp_masked_weight_op_checks_its_arguments():
         op(weight, scores[:2], flags, slot, claimed, weight_slot)
     with pytest.raises(TypeError, match="claimed must be one uint8"):
         op(weight, scores, flags, slot, torch.zeros(2, dtype=torch.uint8), weight_slot)
+
+
+def test_another_optimizer_on_the_flat_scores_with_project():
+    """Adam on gm.scores, then gm.project_() (clamp + clear), equals Adam on the plain-autograd gradient."""
+    x = torch.randn(4, 16)
+    model = mlp(2)
+    miner = GemMiner(model, density=0.5, epochs=6, seed=7)
+    optimizer = torch.optim.Adam([miner.scores], lr=0.01)
+    twin_scores = miner.scores.detach().clone().requires_grad_(True)
+    twin_optimizer = torch.optim.Adam([twin_scores], lr=0.01)
+    for _ in range(3):
+        with torch.no_grad():
+            miner.scores.copy_(twin_scores)
+        want = expected_flat_gradient(model, miner, x, lambda out: out.square().sum())
+        model(x).square().sum().backward()
+        optimizer.step()
+        miner.project_()
+        twin_scores.grad = want
+        twin_optimizer.step()
+        with torch.no_grad():
+            twin_scores.clamp_(0, 1)
+        torch.testing.assert_close(miner.scores.detach(), twin_scores.detach())

@@ -229,8 +229,11 @@ class GemMiner:
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Clamp the scores to [0, 1] (after a step of another optimizer on ``gm.scores``)."""
+        """After a step of another optimizer on ``gm.scores``: clamp the scores to [0, 1] and
+        clear the score gradient (as ``step()`` does; that optimizer's own ``zero_grad()`` would
+        only detach ``gm.scores.grad`` from the layers' gradients)."""
         self.scores.clamp_(0.0, 1.0)
+        self.zero_grad()
 
     # ----------------------------------------------------------------- per epoch
     def epoch_end(self, epoch: int) -> bool:
