@@ -21,6 +21,8 @@ TORCH_LIBRARY(sparseticket_cpu, m) {
   // gemminer_mask with its straight-through backward in C++ (gemminer_autograd.cpp): GemMiner's hot path.
   m.def("gemminer_masked_weight(Tensor weight, Tensor scores, Tensor flags, Tensor grad_slot, Tensor claimed, "
         "Tensor weight_slot) -> Tensor");
+  // EarlyBERT slimming's column scaling with its backward in C++ (scale_columns.cpp).
+  m.def("scale_columns(Tensor weight, Tensor coefficients, int width, Tensor weight_slot) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparseticket_cpu, CompositeExplicitAutograd, m) {

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseticket.methods.bn_channels import ChannelCoefficients
+from sparseticket.ops import active_cpu_backend
 
 HEADS = "head_coefficients"
 FFN = "ffn_coefficients"
@@ -156,9 +157,23 @@ class _ScaleColumns(nn.Module):
         # named_modules and state_dict); deepcopy keeps the link.
         self._coefficients = (coefficients,)
         self.width = width
+        self._slot = torch.empty(0)  # memory the C++ path reuses for the scaled weight
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self._coefficients[0].weight.repeat_interleave(self.width)
+        coefficients = self._coefficients[0].weight
+        if _native_scaling(weight, coefficients):
+            # one C++ autograd op: the scaled weight in reused memory, one backward pass
+            if self._slot.shape != weight.shape:
+                self._slot = torch.empty(weight.shape)
+            return torch.ops.sparseticket_cpu.scale_columns(weight, coefficients, self.width, self._slot)
+        return weight * coefficients.repeat_interleave(self.width)
+
+
+def _native_scaling(weight: torch.Tensor, coefficients: torch.Tensor) -> bool:
+    """Whether the C++ column scaling applies: eager, float32 CPU tensors, the C++ kernels active."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
+            and coefficients.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and active_cpu_backend() == "cpp")
 
 
 def attach_slimming(model: nn.Module) -> list[str]:
