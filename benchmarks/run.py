@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_suite(networks: list[str], keyword: str | None, report: Path) -> dict:
     """pytest-benchmark over benchmarks/, keeping its JSON report at ``report``."""
-    selection = " or ".join(networks + ["bandwidth", "training_step"])
+    selection = " or ".join(networks + ["bandwidth", "training_step", "step_by_depth"])
     if keyword:
         selection = f"({selection}) and ({keyword})"
     command = [sys.executable, "-m", "pytest", str(HERE), "--benchmark-only", "-q", "-p", "no:cacheprovider",
@@ -78,7 +78,7 @@ def tables(report: dict) -> tuple[str, dict[str, dict[str, float]]]:
 
 
 STEP_TARGETS = {"earlybird": "< 0.5%", "worm_truncating": "< 0.5%", "imp": "< 2%", "gemminer": "<= 15%"}
-STEP_ORDER = ("resnet50", "bert_base", "resnet20", "vgg_small")
+STEP_ORDER = ("resnet50", "bert_base", "resnet20", "vgg_small", "mlp2", "mlp8", "mlp32")
 
 
 def _step_tables(steps: dict[str, dict[str, dict]]) -> list[str]:

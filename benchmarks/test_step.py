@@ -20,7 +20,8 @@ Models (batch and input kept small so a step stays well under a second on 2 core
 ResNet-50 (Hugging Face ``ResNetForImageClassification``, 1000 classes, batch 4 at 64x64),
 BERT-base shapes (the package's transformer with 12 blocks, width 768, 12 heads, FFN 3072, 128
 tokens, batch 1; EarlyBird/WORM slim it with ``attach_slimming``), ResNet-20 (batch 64 at 32x32)
-and the built-in small VGG (digits, batch 64).
+and the built-in small VGG (digits, batch 64). ``test_gemminer_step_by_depth`` sets Gem-Miner
+against the dense step of a width-256 MLP (batch 8) of 2, 8 and 32 layers.
 """
 
 from __future__ import annotations
@@ -150,16 +151,10 @@ def _method_step(method: str, model: nn.Module, case: Case) -> tuple[Callable[[]
     return _training_step(model, case, tracker.after_backward), tracker.after_backward
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("model_name", list(CASES))
-def test_training_step(benchmark, model_name, method):
-    case = CASES[model_name]()
-    torch.manual_seed(0)
-    dense_model = case.build()
-    method_model = copy.deepcopy(dense_model)
-    dense_step = _training_step(dense_model, case)
-    method_step, hooks = _method_step(method, method_model, case)
-    benchmark.group = f"training step: {model_name}"
+def _measure(benchmark, dense_step: Callable[[], None], method_step: Callable[[], None],
+             hooks: Callable[[], None] | None, rounds: int, **info: object) -> None:
+    """Time ``method_step`` with pytest-benchmark, one dense step (and the hooks alone) in the untimed
+    setup of every round, and keep the paired ratios in ``extra_info``."""
     for _ in range(2):  # warm-up: allocations, the plans' first calls
         dense_step()
         method_step()
@@ -175,16 +170,44 @@ def test_training_step(benchmark, model_name, method):
             hooks()
             hook_times.append(time.perf_counter() - start)
 
-    rounds = ROUNDS[model_name]
     benchmark.pedantic(method_step, setup=time_dense_step, rounds=rounds, iterations=1, warmup_rounds=0)
     method_times = list(benchmark.stats.stats.data)
     ratios = sorted(m / d - 1 for m, d in zip(method_times, dense_times[-len(method_times):]))
     quartiles = statistics.quantiles(ratios, n=4)
     dense_median = statistics.median(dense_times)
     benchmark.extra_info.update({
-        "method": method, "model": model_name, "rounds": rounds,
+        **info, "rounds": rounds,
         "dense_median": dense_median, "method_median": statistics.median(method_times),
         "overhead": statistics.median(ratios), "overhead_q1": quartiles[0], "overhead_q3": quartiles[2],
         "hook_median": statistics.median(hook_times) if hook_times else None,
         "hook_share": statistics.median(hook_times) / dense_median if hook_times else None,
     })
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("model_name", list(CASES))
+def test_training_step(benchmark, model_name, method):
+    case = CASES[model_name]()
+    torch.manual_seed(0)
+    dense_model = case.build()
+    method_model = copy.deepcopy(dense_model)
+    benchmark.group = f"training step: {model_name}"
+    _measure(benchmark, _training_step(dense_model, case), *_method_step(method, method_model, case),
+             ROUNDS[model_name], method=method, model=model_name)
+
+
+@pytest.mark.parametrize("layers", [2, 8, 32])
+def test_gemminer_step_by_depth(benchmark, layers):
+    """Gem-Miner's mining step against the dense step of an MLP (width 256, batch 8) of 2, 8 and 32
+    layers: the cost per layer must not grow with the depth (it did: each layer's score slice once
+    zero-filled a gradient the size of all the scores)."""
+    generator = torch.Generator().manual_seed(0)
+    case = Case(lambda: nn.Sequential(*[nn.Sequential(nn.Linear(256, 256), nn.ReLU()) for _ in range(layers)],
+                                      nn.Linear(256, 10)),
+                torch.randn(8, 256, generator=generator), torch.randint(0, 10, (8,), generator=generator))
+    torch.manual_seed(0)
+    dense_model = case.build()
+    method_model = copy.deepcopy(dense_model)
+    benchmark.group = "training step: mlp by depth"
+    _measure(benchmark, _training_step(dense_model, case), *_method_step("gemminer", method_model, case),
+             400, method="gemminer", model=f"mlp{layers}")

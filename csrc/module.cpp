@@ -8,8 +8,9 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sparseticket C++ CPU kernels (ops registered with torch.library as sparseticket_cpu)";
   pybind11::class_<sparseticket::NativeTruncationPlan>(m, "NativeTruncationPlan")
-      .def(pybind11::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, double, double>(),
+      .def(pybind11::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, double, double,
+                          bool>(),
            pybind11::arg("params"), pybind11::arg("keep"), pybind11::arg("l1_params"), pybind11::arg("scale"),
-           pybind11::arg("l1"))
+           pybind11::arg("l1"), pybind11::arg("of_grads") = true)
       .def("__call__", &sparseticket::NativeTruncationPlan::run);
 }

@@ -1,14 +1,16 @@
 #include "truncation_plan.h"
 
+#include <torch/csrc/autograd/variable.h>
+
 #include "common.h"
 #include "ops.h"
 
 namespace sparseticket {
 
 NativeTruncationPlan::NativeTruncationPlan(std::vector<at::Tensor> params, std::vector<at::Tensor> keep,
-                                           std::vector<at::Tensor> l1_params, double scale, double l1)
+                                           std::vector<at::Tensor> l1_params, double scale, double l1, bool of_grads)
     : params_(std::move(params)), keep_(std::move(keep)), l1_params_(std::move(l1_params)), scale_(scale), l1_(l1),
-      device_(params_.empty() ? at::Device(at::kCPU) : params_[0].device()) {
+      of_grads_(of_grads), device_(params_.empty() ? at::Device(at::kCPU) : params_[0].device()) {
   TORCH_CHECK_VALUE(keep_.size() == params_.size(), "keep must have one mask per parameter");
   TORCH_CHECK_VALUE(l1 == 0.0 ? l1_params_.empty() : l1_params_.size() == params_.size(),
                     "l1_params must have one tensor per parameter when l1 != 0, none otherwise");
@@ -27,6 +29,14 @@ void NativeTruncationPlan::run() {
   l1_now_.clear();
   const bool use_l1 = l1_ != 0.0;
   for (size_t i = 0; i < params_.size(); ++i) {
+    if (!of_grads_) {  // the values themselves, as `with torch.no_grad(): p.mul_(mask)` would (version bumped)
+      TORCH_CHECK_VALUE(params_[i].is_contiguous(), "params[", i, "] must be contiguous (it is updated in place)");
+      torch::autograd::impl::bump_version(params_[i]);
+      grads_now_.push_back(params_[i]);
+      keep_now_.push_back(keep_[i]);
+      if (use_l1) l1_now_.push_back(l1_params_[i]);
+      continue;
+    }
     const at::Tensor& grad = params_[i].grad();
     if (!grad.defined()) continue;
     // PyTorch keeps a gradient's shape, dtype and device equal to its parameter's; not its layout.

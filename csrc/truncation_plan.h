@@ -13,16 +13,18 @@ namespace sparseticket {
 class NativeTruncationPlan {
  public:
   // `params`, `keep` and `l1_params` as checked by sparseticket.ops.TruncationPlan (the contract of
-  // truncate_grads_, with params in the grads' place); `l1_params` empty when l1 == 0.
+  // truncate_grads_, with params in the grads' place); `l1_params` empty when l1 == 0. `of_grads`:
+  // truncate each parameter's .grad; otherwise the parameters' own values (IMP's weight masking).
   NativeTruncationPlan(std::vector<at::Tensor> params, std::vector<at::Tensor> keep, std::vector<at::Tensor> l1_params,
-                       double scale, double l1);
+                       double scale, double l1, bool of_grads);
 
-  // Truncates the current gradients in place; parameters without a gradient are left out.
+  // Truncates the current gradients (or values) in place; parameters without a gradient are left out.
   void run();
 
  private:
   std::vector<at::Tensor> params_, keep_, l1_params_;
   double scale_, l1_;
+  bool of_grads_;
   at::Device device_;
   std::vector<at::Tensor> grads_now_, keep_now_, l1_now_;  // reused between calls
 };

@@ -130,3 +130,25 @@ def test_cpp_backend_calls_the_native_plan_across_the_parallel_split(generator):
             for param, want in zip(params, expected):
                 assert_float_close(param.grad, want)
 
+
+
+def test_of_data_truncates_the_values_themselves(backend, generator):
+    """of="data" (IMP's weight masking): the parameters' values, as truncate_grads_ on them would;
+    gradients untouched; the in-place change is visible to autograd's version counter."""
+    params = _params(generator)
+    keep = _keep(params, generator)
+    grads_before = [p.grad.clone() for p in params]
+    expected = [p.detach().clone() for p in params]
+    reference_run(truncate_grads_, expected, keep, scale=0.0)
+    versions = [p._version for p in params]
+    TruncationPlan(params, keep, scale=0.0, of="data")()
+    for param, want, grad, version in zip(params, expected, grads_before, versions):
+        assert_float_close(param.detach(), want)
+        assert torch.equal(param.grad, grad)
+        assert param._version > version
+
+
+def test_of_must_name_grad_or_data(generator):
+    params = _params(generator)
+    with pytest.raises(ValueError, match="of must be 'grad' or 'data'"):
+        TruncationPlan(params, _keep(params, generator), of="weights")

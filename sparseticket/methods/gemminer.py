@@ -35,7 +35,7 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
-from sparseticket.ops import active_cpu_backend, gemminer_step_, kth_value
+from sparseticket.ops import cpp_runs_cpu_ops, gemminer_step_, kth_value
 
 _mask_op = torch.ops.sparseticket.gemminer_mask
 _mask_backward_op = torch.ops.sparseticket.gemminer_mask_backward
@@ -94,7 +94,7 @@ class _MaskedWeight(torch.autograd.Function):
 
 def _cpp_path_active() -> bool:
     """Whether CPU ops run on the C++ kernels now (not the reference or Triton's interpreter)."""
-    return active_cpu_backend() == "cpp"
+    return cpp_runs_cpu_ops()
 
 
 def freezing_steps(epochs: int, period: int) -> int:

@@ -183,6 +183,7 @@ class IMP:
         self._total = sum(weight.numel() for weight in self.weights)  # full (unsharded) sizes
         self._global_survivors = self._total
         self._grad_plan: TruncationPlan | None = None
+        self._weight_plan: TruncationPlan | None = None
         self.round = 0
         self._saved: dict[str, Any] | None = None
 
@@ -346,7 +347,9 @@ class IMP:
             self._reshard()
             truncate_grads_([weight.to_local().detach() for weight in self.weights], self.masks, scale=0.0)
             return
-        truncate_grads_([weight.detach() for weight in self.weights], self.masks, scale=0.0)
+        if self._weight_plan is None:  # the masks are edited in place: one plan serves every round
+            self._weight_plan = TruncationPlan(self.weights, self.masks, scale=0.0, of="data")
+        self._weight_plan()
 
     # ------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseticket.methods.bn_channels import ChannelCoefficients
-from sparseticket.ops import active_cpu_backend
+from sparseticket.ops import cpp_runs_cpu_ops
 
 HEADS = "head_coefficients"
 FFN = "ffn_coefficients"
@@ -173,7 +173,7 @@ def _native_scaling(weight: torch.Tensor, coefficients: torch.Tensor) -> bool:
     """Whether the C++ column scaling applies: eager, float32 CPU tensors, the C++ kernels active."""
     return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
             and coefficients.dtype == torch.float32 and not torch.compiler.is_compiling()
-            and active_cpu_backend() == "cpp")
+            and cpp_runs_cpu_ops())
 
 
 def attach_slimming(model: nn.Module) -> list[str]:

@@ -5,7 +5,14 @@ fallback and the oracle. ``cpu_backend("triton")`` routes CPU tensors through Tr
 interpreter (tests), ``backends()`` says what is active.
 """
 
-from sparseticket.ops._backend import CPU_BACKENDS, active_cpu_backend, backends, cpu_backend, kernels_for
+from sparseticket.ops._backend import (
+    CPU_BACKENDS,
+    active_cpu_backend,
+    backends,
+    cpp_runs_cpu_ops,
+    cpu_backend,
+    kernels_for,
+)
 from sparseticket.ops.gemminer import gemminer_mask, gemminer_step_
 from sparseticket.ops.kth import digit_histogram, kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
@@ -17,6 +24,7 @@ __all__ = [
     "TruncationPlan",
     "backends",
     "active_cpu_backend",
+    "cpp_runs_cpu_ops",
     "cpu_backend",
     "digit_histogram",
     "gemminer_mask",

@@ -65,6 +65,11 @@ def kernels_for(device: torch.device) -> ModuleType:
     return reference
 
 
+def cpp_runs_cpu_ops() -> bool:
+    """Whether ops on CPU tensors run on the C++ kernels now (cheap: per-step hooks ask it every call)."""
+    return _cpu_backend in ("auto", "cpp") and cpp_kernels() is not None
+
+
 def active_cpu_backend() -> str:
     """The CPU backend that ``auto`` or the current setting resolves to."""
     kernels = _cpu_kernels(_cpu_backend)
