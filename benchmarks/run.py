@@ -85,9 +85,9 @@ def _step_tables(steps: dict[str, dict[str, dict]]) -> list[str]:
     """The whole training step with each method against the dense step of the same rounds."""
     lines = ["## Whole training step with each method (test_step.py)", "",
              "Overhead: median over rounds of (method step / dense step of the same round) - 1, with "
-             "its quartiles across rounds in brackets. Hooks alone: the method's per-step hooks timed "
-             "by themselves on a real step's gradients, over the dense step's median (the overhead "
-             "without whole-step noise). Gem-Miner's mining step replaces the optimizer step with its "
+             "its quartiles across rounds in brackets. Hooks alone: the median time of the method's "
+             "per-step hooks, timed inside its own steps where they run, over the dense step's median "
+             "(the overhead without whole-step noise). Gem-Miner's mining step replaces the optimizer step with its "
              "fused score step and has no separate hook.", "",
              "| model | method | dense step | method step | overhead [q1, q3] | hooks alone / dense | target |",
              "|---|---|---|---|---|---|---|"]

@@ -13,8 +13,9 @@ one dense step), so slow drifts of the machine hit both alike. ``extra_info`` ke
 
 - ``overhead``: median over rounds of (method step / dense step of the same round) - 1, with its
   quartiles ``overhead_q1``/``overhead_q3`` (the spread across rounds);
-- ``hook_share``: the method's per-step hooks alone (timed on the gradients of a real step) over
-  the dense step's median: the overhead free of whole-step noise, for hooks far below it.
+- ``hook_share``: the median time of the method's per-step hooks, timed inside its own steps
+  (where they run), over the dense step's median: the overhead free of whole-step noise, for hooks
+  far below it.
 
 Models (batch and input kept small so a step stays well under a second on 2 cores):
 ResNet-50 (Hugging Face ``ResNetForImageClassification``, 1000 classes, batch 4 at 64x64),
@@ -103,17 +104,27 @@ def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def _training_step(model: nn.Module, case: Case, hooks: Callable[[], None] | None = None,
-                   after_step: Callable[[], None] | None = None) -> Callable[[], None]:
+                   after_step: Callable[[], None] | None = None,
+                   hook_times: list[float] | None = None) -> Callable[[], None]:
+    """zero_grad, forward, loss, backward, ``hooks``, optimizer step, ``after_step``; the time spent
+    in the hooks (both) is appended to ``hook_times`` at every step."""
     optimizer = _optimizer(model)
 
     def step() -> None:
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(case.inputs), case.labels).backward()
+        spent = 0.0
         if hooks is not None:
+            start = time.perf_counter()
             hooks()
+            spent += time.perf_counter() - start
         optimizer.step()
         if after_step is not None:
+            start = time.perf_counter()
             after_step()
+            spent += time.perf_counter() - start
+        if hook_times is not None:
+            hook_times.append(spent)
 
     return step
 
@@ -126,8 +137,8 @@ def _worm_truncating(model: nn.Module) -> WORM:
     return worm
 
 
-def _method_step(method: str, model: nn.Module, case: Case) -> tuple[Callable[[], None], Callable[[], None] | None]:
-    """(the whole step with ``method`` attached to ``model``, its per-step hooks alone or None)."""
+def _method_step(method: str, model: nn.Module, case: Case) -> tuple[Callable[[], None], list[float] | None]:
+    """(the whole step with ``method`` attached to ``model``, the list its hooks' times go to, or None)."""
     if method == "gemminer":
         miner = GemMiner(model, density=0.05, epochs=10)
 
@@ -136,51 +147,45 @@ def _method_step(method: str, model: nn.Module, case: Case) -> tuple[Callable[[]
             miner.step()
 
         return mining_step, None
+    hook_times: list[float] = []
     if method == "imp":
         imp = IMP(model)
         imp.prune_round()
-
-        def imp_hooks() -> None:
-            imp.after_backward()
-            imp.after_step()
-
-        return _training_step(model, case, imp.after_backward, imp.after_step), imp_hooks
+        return _training_step(model, case, imp.after_backward, imp.after_step, hook_times), hook_times
     if case.transformer:
         attach_slimming(model)
     tracker = EarlyBird(model) if method == "earlybird" else _worm_truncating(model)
-    return _training_step(model, case, tracker.after_backward), tracker.after_backward
+    return _training_step(model, case, tracker.after_backward, hook_times=hook_times), hook_times
 
 
 def _measure(benchmark, dense_step: Callable[[], None], method_step: Callable[[], None],
-             hooks: Callable[[], None] | None, rounds: int, **info: object) -> None:
-    """Time ``method_step`` with pytest-benchmark, one dense step (and the hooks alone) in the untimed
-    setup of every round, and keep the paired ratios in ``extra_info``."""
+             hook_times: list[float] | None, rounds: int, **info: object) -> None:
+    """Time ``method_step`` with pytest-benchmark, one dense step in the untimed setup of every round,
+    and keep the paired ratios and the hooks' own time (measured inside the method's steps, where
+    they run: right after that model's backward and optimizer step) in ``extra_info``."""
     for _ in range(2):  # warm-up: allocations, the plans' first calls
         dense_step()
         method_step()
     dense_times: list[float] = []
-    hook_times: list[float] = []
+    if hook_times is not None:
+        hook_times.clear()
 
     def time_dense_step() -> None:
         start = time.perf_counter()
         dense_step()
         dense_times.append(time.perf_counter() - start)
-        if hooks is not None:  # on the gradients the method's last step left
-            start = time.perf_counter()
-            hooks()
-            hook_times.append(time.perf_counter() - start)
 
     benchmark.pedantic(method_step, setup=time_dense_step, rounds=rounds, iterations=1, warmup_rounds=0)
     method_times = list(benchmark.stats.stats.data)
     ratios = sorted(m / d - 1 for m, d in zip(method_times, dense_times[-len(method_times):]))
     quartiles = statistics.quantiles(ratios, n=4)
     dense_median = statistics.median(dense_times)
+    hook_median = statistics.median(hook_times) if hook_times else None
     benchmark.extra_info.update({
         **info, "rounds": rounds,
         "dense_median": dense_median, "method_median": statistics.median(method_times),
         "overhead": statistics.median(ratios), "overhead_q1": quartiles[0], "overhead_q3": quartiles[2],
-        "hook_median": statistics.median(hook_times) if hook_times else None,
-        "hook_share": statistics.median(hook_times) / dense_median if hook_times else None,
+        "hook_median": hook_median, "hook_share": hook_median / dense_median if hook_median else None,
     })
 
 
