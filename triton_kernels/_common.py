@@ -41,6 +41,15 @@ class BlockTable:
     blocks: int
 
 
+def _to_device_without_sync(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` on ``device`` without stalling the host: a copy from pageable memory waits for the
+    stream (a ``cudaStreamSynchronize`` on every call); from pinned memory with ``non_blocking`` it is
+    queued, and PyTorch's pinned-memory cache keeps the block until the copy has run."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def block_table(
     pointer_lists: list[list[torch.Tensor]],
     inners: list[int],
@@ -67,7 +76,7 @@ def block_table(
     host = torch.tensor([value for row in rows for value in row], dtype=torch.int64)
     block_tensor = torch.repeat_interleave(
         torch.arange(count, dtype=torch.int64), torch.tensor(blocks_per_tensor, dtype=torch.int64))
-    buffer = torch.cat([host, block_tensor]).to(device)
+    buffer = _to_device_without_sync(torch.cat([host, block_tensor]), device)
     views = list(buffer[: len(rows) * count].view(len(rows), count).unbind(0))
     return BlockTable(
         pointers=views[: len(pointer_lists)],

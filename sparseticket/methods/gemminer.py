@@ -35,10 +35,11 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
-from sparseticket.ops import cpp_runs_cpu_ops, gemminer_step_, kth_value
+from sparseticket.ops import cpp_runs_cpu_ops, kth_value
 
 _mask_op = torch.ops.sparseticket.gemminer_mask
 _mask_backward_op = torch.ops.sparseticket.gemminer_mask_backward
+_step_op = torch.ops.sparseticket.gemminer_step_
 
 
 class _ScoreMask(nn.Module):
@@ -56,6 +57,7 @@ class _ScoreMask(nn.Module):
         super().__init__()
         self.scores = scores
         self.flags, self.grad_slot, self.claimed = flags, grad_slot, claimed
+        self.claimed_here = False  # the same flag for the Python path (_MaskedWeight)
         # where the C++ path writes the masked weight when the last one is no longer referenced
         self.weight_slot = torch.empty(scores.shape, dtype=weight_dtype, device=scores.device)
 
@@ -85,8 +87,8 @@ class _MaskedWeight(torch.autograd.Function):
         scores, layer = ctx.scores, ctx.layer
         need_weight, need_scores = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_weight, grad_scores = _mask_backward_op(grad, weight, scores, flags, need_weight, need_scores)
-        if need_scores and scores.grad is None and not layer.claimed.item():
-            layer.claimed.fill_(1)
+        if need_scores and scores.grad is None and not layer.claimed_here:
+            layer.claimed_here = True  # a Python flag: reading the flag tensor would be a tensor op
             layer.grad_slot.copy_(grad_scores)
             grad_scores = layer.grad_slot.view_as(layer.grad_slot)  # adopted as scores.grad
         return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
@@ -160,6 +162,7 @@ class GemMiner:
         self.scores.grad = self._grad
         self._claimed = torch.zeros(len(self.layers), dtype=torch.uint8)  # host flags, reset every step
         self._layer_scores: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._score_masks: list[_ScoreMask] = []
         for index, (name, module) in enumerate(self.layers.items()):
             part, shape = self.slices[weight_name(name)], module.weight.shape
             layer_scores = nn.Parameter(self.scores.detach()[part].view(shape))  # shares the flat storage
@@ -168,16 +171,19 @@ class GemMiner:
             score_mask = _ScoreMask(layer_scores, self.flags[part].view(shape), grad_slot,
                                     self._claimed[index:index + 1], module.weight.dtype)
             parametrize.register_parametrization(module, "weight", score_mask, unsafe=True)
+            self._score_masks.append(score_mask)
         self._legacy_hook = model.register_load_state_dict_pre_hook(self._split_legacy_scores)
         self.freezes_done = 0
 
     # ----------------------------------------------------------------- per step
-    def step(self) -> int:
-        """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; returns
-        the number of weights in the mask (p > 0.5 and not frozen). Clears the score gradient."""
+    def step(self) -> torch.Tensor:
+        """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; clears the
+        score gradient. Returns the number of weights in the mask (p > 0.5 and not frozen) as a 0-d
+        int64 tensor on the scores' device: nothing waits for the GPU here; ``int()`` it when the
+        number is needed (that waits)."""
         grad = self.gradient()
-        kept = gemminer_step_(self.scores.data, grad, self.momentum_buffer, self.flags,
-                              lr=self.lr, momentum=self.momentum, l2=self.l2)
+        kept = _step_op(self.scores.detach(), grad, self.momentum_buffer, self.flags,
+                        self.lr, self.momentum, self.l2)
         self.zero_grad()
         return kept
 
@@ -185,6 +191,8 @@ class GemMiner:
         """Forget this step's score gradient (every layer's ``.grad`` back to None)."""
         for layer_scores, _ in self._layer_scores:
             layer_scores.grad = None
+        for score_mask in self._score_masks:
+            score_mask.claimed_here = False
         self._claimed.zero_()
         self.scores.grad = self._grad
 
