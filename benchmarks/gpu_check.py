@@ -5,17 +5,17 @@ repository; torch and triton installed), ``--dry-run`` on any machine (CPU, Trit
 tiny sizes: what CI runs so that the script cannot rot). In order, each part time-boxed and
 recorded even when it fails:
 
-1. build: the C++ extension in place when ``sparseticket._C`` is missing (not needed on CUDA);
+1. build: an editable install of this repository when ``sparseticket`` is not importable;
 2. correctness: every op on the device (Triton kernels) against the plain-PyTorch reference, for
    float32/float16/bfloat16, odd sizes and lists of tensors;
 3. no host sync: each method's per-step hooks after a real step, under
    ``torch.cuda.set_sync_debug_mode("error")`` (any synchronising call raises);
-4. CUDA graphs: one training step of each method captured and replayed, its result compared with
-   the same step run eagerly;
-5. speed: the device's copy bandwidth, then each fused op against a per-layer loop,
+4. speed: the device's copy bandwidth, then each fused op against a per-layer loop,
    ``torch._foreach_*`` and ``torch.compile`` of the reference at ResNet-18/50 and BERT-base
    shapes (CUDA events, medians), with achieved/peak bandwidth;
-6. the whole training step of the small VGG and ResNet-20 with and without each method.
+5. the whole training step of the small VGG with and without each method;
+6. CUDA graphs (last: a failure there can poison the CUDA context): one training step of each
+   method captured and replayed, its result compared with the same step run eagerly.
 
 It writes ``RESULTS_GPU.md`` and ``gpu_check.json`` under ``--out`` (default ``benchmarks/``) and
 prints one summary line last. The exit status is 1 if a correctness, sync or graph check failed.
@@ -390,9 +390,10 @@ def main() -> int:
     with cpu_backend("triton") if dry else contextlib.nullcontext():
         report.run("correctness", lambda: correctness(device, dry))
         report.run("no_host_sync", lambda: no_host_sync(device, dry))
-        report.run("cuda_graphs", lambda: cuda_graphs(device, dry))
         report.run("speed", lambda: speed(device, dry, repeats))
         report.run("whole_step", lambda: whole_step(device, dry, repeats))
+        # last: a graph replaying a stale address would leave a sticky CUDA error for any later part
+        report.run("cuda_graphs", lambda: cuda_graphs(device, dry))
     summary = write(report, device_name, ARGUMENTS.out, dry)
     print(summary, flush=True)
     return 1 if report.failed else 0

@@ -113,7 +113,7 @@ def test_the_guard_catches_what_it_should():
 def test_pointer_tables_reach_the_gpu_without_a_sync():
     """The Triton launchers' tables go through pinned memory with non_blocking=True (checked with
     the calls recorded, since this machine has no GPU)."""
-    from triton_kernels._common import _to_device_without_sync
+    from sparseticket.triton_kernels._common import _to_device_without_sync
 
     host = torch.arange(4)
     pinned = mock.MagicMock(name="pinned")
@@ -122,3 +122,19 @@ def test_pointer_tables_reach_the_gpu_without_a_sync():
     pin.assert_called_once()
     pinned.to.assert_called_once_with(torch.device("cuda", 0), non_blocking=True)
     assert torch.equal(_to_device_without_sync(host, torch.device("cpu")), host)
+
+
+def test_block_tables_are_reused_while_addresses_stay():
+    """A launcher's pointer table is built (one host-to-device copy) once per set of addresses and
+    sizes, then reused: in a steady training loop or a CUDA graph's replay no copy happens."""
+    from sparseticket.triton_kernels._common import block_table
+
+    grads = [torch.randn(10), torch.randn(300)]
+    keep = [torch.ones(10, dtype=torch.bool), torch.ones(300, dtype=torch.bool)]
+    first = block_table([grads, keep], [1, 1], 128, torch.device("cpu"))
+    assert block_table([grads, keep], [1, 1], 128, torch.device("cpu")) is first
+    assert first.blocks == 1 + 3 and first.numels.tolist() == [10, 300]
+    moved = [torch.randn(10), grads[1]]  # a new gradient at another address: a new table
+    second = block_table([moved, keep], [1, 1], 128, torch.device("cpu"))
+    assert second is not first and second.pointers[0][0].item() == moved[0].data_ptr()
+    assert block_table([grads, keep], [1, 4], 128, torch.device("cpu")) is not first  # inners are part of it

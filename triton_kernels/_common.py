@@ -50,6 +50,14 @@ def _to_device_without_sync(host: torch.Tensor, device: torch.device) -> torch.T
     return host.pin_memory().to(device, non_blocking=True)
 
 
+# Device tables by everything they hold (addresses, sizes, inners, block, device): a table whose key
+# matches holds exactly the same values, so it is reused without a copy. In a training loop the
+# allocator hands out the same addresses step after step, and a CUDA graph replays the same ones:
+# then no host-to-device copy happens at all (none can be captured into a graph with a stale source).
+_TABLES: dict[tuple, BlockTable] = {}
+_TABLES_KEPT = 64
+
+
 def block_table(
     pointer_lists: list[list[torch.Tensor]],
     inners: list[int],
@@ -59,8 +67,26 @@ def block_table(
     """Describe ``pointer_lists[0]`` (the tensors that set the sizes) as blocks of ``block`` elements.
 
     ``pointer_lists`` holds parallel lists of tensors (data, keep mask, params...); an empty
-    list gives a row of zeros. ``inners[i]`` is passed through to the kernel per tensor.
+    list gives a row of zeros. ``inners[i]`` is passed through to the kernel per tensor. A table
+    with the same addresses and sizes as an earlier one is that one (cached on the device).
     """
+    key = (tuple(tuple(tensor.data_ptr() for tensor in tensors) for tensors in pointer_lists),
+           tuple(tensor.numel() for tensor in pointer_lists[0]), tuple(inners), block, device)
+    table = _TABLES.get(key)
+    if table is None:
+        table = _new_block_table(pointer_lists, inners, block, device)
+        if len(_TABLES) >= _TABLES_KEPT:
+            _TABLES.pop(next(iter(_TABLES)))  # the oldest
+        _TABLES[key] = table
+    return table
+
+
+def _new_block_table(
+    pointer_lists: list[list[torch.Tensor]],
+    inners: list[int],
+    block: int,
+    device: torch.device,
+) -> BlockTable:
     main = pointer_lists[0]
     count = len(main)
     numels = [tensor.numel() for tensor in main]
