@@ -56,6 +56,25 @@ GEMMINER_MASK_BACKWARD_EAGER: EagerOps = (  # straight-through; the weights are 
     ("grad_s = t * f", 2 * F32 + BOOL),
 )
 IMP_TRUNCATE_EAGER: EagerOps = (("g.mul_(mask)", 2 * F32 + BOOL),)
+
+# What a competent PyTorch user writes instead ("peer"): foreach ops over the lists, SGD with
+# weight_decay on Gem-Miner's one flat score buffer; (statement, bytes read + written per element).
+GEMMINER_STEP_PEER: EagerOps = (  # SGD(momentum, weight_decay=2*l2, foreach=True), clamp_, count
+    ("d = torch._foreach_add(grads, params, alpha=2 * l2)", 3 * F32),
+    ("torch._foreach_mul_(bufs, momentum)", 2 * F32),
+    ("torch._foreach_add_(bufs, d)", 3 * F32),
+    ("torch._foreach_add_(params, bufs, alpha=-lr)", 3 * F32),
+    ("p.clamp_(0, 1)", 2 * F32),
+    ("above = p > 0.5", F32 + BOOL),
+    ("torch.count_nonzero(above)", BOOL),
+)
+IMP_TRUNCATE_PEER: EagerOps = (("torch._foreach_mul_(grads, float_masks)", 3 * F32),)
+EARLYBIRD_L1_PEER: EagerOps = (("s = torch._foreach_sign(gammas)", 2 * F32),
+                               ("torch._foreach_add_(grads, s, alpha=l1)", 3 * F32))
+WORM_SCALE_PEER: EagerOps = (("torch._foreach_mul_(grads, float_factors)", 3 * F32),)
+FOREACH_MAX_TENSORS = 110  # tensors per multi_tensor_apply launch (lists of depth 2-3, CUDA)
+FOREACH_MAX_BLOCKS = 320  # chunks per launch
+FOREACH_CHUNK = 65536  # elements per chunk
 MASK_DISTANCE_NEW_EAGER: EagerOps = (("new = importance > threshold", F32 + BOOL),)
 MASK_DISTANCE_ROW_EAGER: EagerOps = (("x = new ^ history[r]", 3 * BOOL), ("d[r] = x.sum()", BOOL))
 MASK_DISTANCE_RUNS_EAGER: EagerOps = (
@@ -79,12 +98,14 @@ class Cost:
 
 @dataclass(frozen=True)
 class Row:
-    """One op of one network: when it runs, the fused cost and the eager loop's cost."""
+    """One op of one network: when it runs, the fused cost, the peer's cost (what a competent user
+    writes: foreach ops, SGD's weight_decay) and the per-layer loop's (the original repositories')."""
 
     op: str
     when: str
     fused: Cost
     eager: Cost
+    loop: Cost | None = None
 
 
 def numel(shape: Shape) -> int:
@@ -108,6 +129,19 @@ def eager_loop(shapes: Sequence[Shape], ops: EagerOps) -> Cost:
     return Cost(total(shapes) * per_element, len(ops) * len(shapes))
 
 
+def foreach_launches(shapes: Sequence[Shape]) -> int:
+    """Kernels one ``torch._foreach_*`` op launches over tensors of these shapes (multi_tensor_apply:
+    at most FOREACH_MAX_TENSORS tensors and FOREACH_MAX_BLOCKS chunks of FOREACH_CHUNK per launch)."""
+    chunks = sum(math.ceil(numel(shape) / FOREACH_CHUNK) for shape in shapes)
+    return max(math.ceil(len(shapes) / FOREACH_MAX_TENSORS), math.ceil(chunks / FOREACH_MAX_BLOCKS), 1)
+
+
+def foreach_ops(shapes: Sequence[Shape], ops: EagerOps) -> Cost:
+    """Each statement a foreach op over the whole list: its bytes per element, its launches."""
+    per_element = sum(nbytes for _, nbytes in ops)
+    return Cost(total(shapes) * per_element, len(ops) * foreach_launches(shapes))
+
+
 def truncate_bytes(shapes: Sequence[Shape], per_channel: bool, l1: bool) -> int:
     """truncate_grads_kernel: read g, keep (1 B per channel or element), p if l1; write g."""
     data = total(shapes) * ((3 if l1 else 2) * F32)
@@ -116,8 +150,9 @@ def truncate_bytes(shapes: Sequence[Shape], per_channel: bool, l1: bool) -> int:
 
 
 def truncate_fused(shapes: Sequence[Shape], per_channel: bool, l1: bool) -> Cost:
-    """One multi-tensor launch, after one host-to-device copy of its block table."""
-    return Cost(truncate_bytes(shapes, per_channel, l1), 1, 1)
+    """One multi-tensor launch; its block table is cached on the device while the gradients'
+    addresses stay (a steady loop copies none)."""
+    return Cost(truncate_bytes(shapes, per_channel, l1), 1, 0)
 
 
 def truncate_eager(shapes: Sequence[Shape], per_channel: bool, l1: bool, factor_bytes: int) -> Cost:
@@ -164,8 +199,9 @@ def kth_bytes(count: int) -> int:
 
 
 def kth_fused(shapes: Sequence[Shape]) -> Cost:
-    """4 histogram + 4 select launches; a histogram zero fill, the state and block-table copies."""
-    return Cost(kth_bytes(total(shapes)), 2 * RADIX_PASSES, 3)
+    """4 histogram + 4 select launches; a histogram zero fill and the state copy (the block table
+    is cached while the weights stay where they are)."""
+    return Cost(kth_bytes(total(shapes)), 2 * RADIX_PASSES, 2)
 
 
 def kth_eager(shapes: Sequence[Shape]) -> Cost:
@@ -208,16 +244,19 @@ def network_parts(shapes: dict[str, list[Shape]]) -> tuple[list[Shape], list[Sha
 def network_rows(prunable: Sequence[Shape], norms: Sequence[Shape]) -> list[Row]:
     """The modelled ops of one network."""
     affine = list(norms) + list(norms)  # gamma then beta; beta's params are zeros in the fused call
-    bn_eager = truncate_eager(norms, True, True, F32) + truncate_eager(norms, True, False, F32)
+    bn_loop = truncate_eager(norms, True, True, F32) + truncate_eager(norms, True, False, F32)
+    bn_peer = foreach_ops(norms, EARLYBIRD_L1_PEER) + foreach_ops(affine, WORM_SCALE_PEER)
+    flat = [(total(prunable),)]  # Gem-Miner's scores live in one flat buffer
+    mask = eager_loop(prunable, GEMMINER_MASK_FORWARD_EAGER) + eager_loop(prunable, GEMMINER_MASK_BACKWARD_EAGER)
     return [
         Row("truncate_grads_ EarlyBird/WORM (norm gamma+beta, per-channel, l1)", "step",
-            truncate_fused(affine, True, True), bn_eager),
+            truncate_fused(affine, True, True), bn_peer, bn_loop),
         Row("truncate_grads_ IMP (weights, per-element, scale 0)", "step",
-            truncate_fused(prunable, False, False), eager_loop(prunable, IMP_TRUNCATE_EAGER)),
+            truncate_fused(prunable, False, False), foreach_ops(prunable, IMP_TRUNCATE_PEER),
+            eager_loop(prunable, IMP_TRUNCATE_EAGER)),
         Row("gemminer_step_ (flat scores)", "step",
-            gemminer_step_fused(prunable), eager_loop(prunable, GEMMINER_STEP_EAGER)),
-        Row("gemminer_mask forward + backward", "step", gemminer_mask_fused(prunable),
-            eager_loop(prunable, GEMMINER_MASK_FORWARD_EAGER) + eager_loop(prunable, GEMMINER_MASK_BACKWARD_EAGER)),
+            gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER), eager_loop(prunable, GEMMINER_STEP_EAGER)),
+        Row("gemminer_mask forward + backward", "step", gemminer_mask_fused(prunable), mask, mask),
         Row("kth_value over all prunable abs(w)", "round/epoch", kth_fused(prunable), kth_eager(prunable)),
         Row(f"mask_distances (norm channels, K={HISTORY_ROWS})", "epoch",
             mask_distances_fused(norms), mask_distances_eager(norms)),
@@ -245,14 +284,17 @@ def network_table(name: str, shapes: dict[str, list[Shape]]) -> str:
         f"{len(norms)} {norm_kind} layers ({total(norms)} channels), "
         f"{sum(total(part) for part in shapes.values()) / 1e6:.2f}M parameters in the shape list.",
         "",
-        "| op | runs per | fused MB | fused launches (+aux) | fused us | eager MB | eager launches | eager us | speed-up |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| op | runs per | fused MB | fused launches (+aux) | fused us | peer MB | peer launches | peer us | "
+        "speed-up over peer | per-layer loop us (its speed-up) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in network_rows(prunable, norms):
+        loop = "—" if row.loop is None else \
+            f"{predicted_seconds(row.loop) * 1e6:.1f} ({predicted_seconds(row.loop) / predicted_seconds(row.fused):.1f}x)"
         lines.append(
             f"| {row.op} | {row.when} | {row.fused.bytes / 1e6:.3f} | {row.fused.launches} (+{row.fused.aux}) | "
             f"{predicted_seconds(row.fused) * 1e6:.1f} | {row.eager.bytes / 1e6:.3f} | {row.eager.launches} | "
-            f"{predicted_seconds(row.eager) * 1e6:.1f} | {speedup(row):.1f}x |")
+            f"{predicted_seconds(row.eager) * 1e6:.1f} | {speedup(row):.1f}x | {loop} |")
     if norm_kind == "LayerNorm":
         lines += ["", "BERT has no BN: the EarlyBird/WORM and mask_distances rows use the 25 LayerNorm "
                   "weight/bias vectors as the analogue (as the transformer slimming path does)."]
@@ -301,13 +343,18 @@ Every figure below is a model, not a measurement: no GPU was available. Assumpti
   runs = 4 B; keep masks count 1 B per channel or per element. Metadata (block-table entries,
   scalars, counters) is left out (about 1% of the small BN rows, far less elsewhere), and so are
   kth_value's per-block atomics on its 256-bin histograms, which resolve in L2.
-- "aux" counts what the launchers issue besides their kernels: the block-table copy of the
-  multi-tensor kernels (truncate_grads_, kth_value), zero fills (kth histograms, gemminer kept
-  counter, mask_distances counts), kth_value's state copy and mask_distances' threshold copy.
-- Eager = the plain per-layer Python loop a peer would write, one kernel per PyTorch call; its
-  statements and byte counts are listed in this script (e.g. l1: ``s = p.sign()`` 8 B +
-  ``g.add_(s, alpha=l1)`` 12 B per element; truncation ``g.mul_(factor)`` 8 B per element + the
-  factor, fp32 per channel for WORM's chi, the bool mask for IMP).
+- "aux" counts what the launchers issue besides their kernels in a steady loop: zero fills (kth
+  histograms, gemminer kept counter, mask_distances counts), kth_value's state copy and
+  mask_distances' threshold copy. The multi-tensor kernels' block tables (truncate_grads_,
+  kth_value) are cached on the device while the tensors' addresses stay, so they cost no copy.
+- Peer = what a competent PyTorch user writes: ``torch._foreach_*`` over the lists (one launch per
+  op per 110 tensors or 320 chunks of 64K elements, as multi_tensor_apply splits them; float masks
+  and factors, 4 B per element), and for Gem-Miner's one flat score buffer
+  ``SGD(momentum, weight_decay=2*l2, foreach=True)`` + ``clamp_`` + ``torch.count_nonzero`` (58 B
+  per score, 7 kernels). Statements and byte counts are listed in this script. The last column is
+  the per-layer Python loop of the original repositories (one kernel per call per layer; l1:
+  ``s = p.sign()`` 8 B + ``g.add_(s, alpha=l1)`` 12 B; truncation ``g.mul_(factor)`` 8 B + the
+  factor), where it differs.
 - The eager threshold is ``torch.cat`` (read + write N fp32) then ``torch.sort`` modelled as CUB's
   radix sort: an int64 index iota (write 8N) and {RADIX_PASSES} passes each reading and writing fp32 keys and
   int64 indices (24 B per element per pass), {SORT_LAUNCHES} kernels; then one scalar copy. The fused radix

@@ -32,7 +32,7 @@ def test_truncate_bytes_per_channel_versus_per_element_keep():
 
 
 def test_truncate_costs():
-    assert paper.truncate_fused(BN, True, True) == paper.Cost(156, 1, 1)
+    assert paper.truncate_fused(BN, True, True) == paper.Cost(156, 1, 0)  # block table cached on the device
     # per tensor: sign (8 B) + add_ (12 B) + mul_ (8 B) per element, fp32 factor 4 B per channel
     assert paper.truncate_eager(BN, True, True, 4) == paper.Cost(4 * 28 + 16 + 8 * 28 + 32, 6)
     assert paper.truncate_eager(BN, True, False, 4) == paper.Cost(4 * 8 + 16 + 8 * 8 + 32, 2)
@@ -46,6 +46,27 @@ def test_gemminer_step_costs():
     assert paper.eager_loop([(10,), (3,)], paper.GEMMINER_STEP_EAGER) == paper.Cost(13 * 103, 26)
 
 
+def test_peer_foreach_costs():
+    # one launch per op until 110 tensors or 320 chunks of 65536 elements
+    assert paper.foreach_launches([(4,)] * 110) == 1 and paper.foreach_launches([(4,)] * 111) == 2
+    assert paper.foreach_launches([(65536 * 320,)]) == 1 and paper.foreach_launches([(65536 * 320 + 1,)]) == 2
+    # IMP: _foreach_mul_ with float masks reads g 4 + mask 4, writes g 4
+    assert paper.foreach_ops([(2, 3), (4,)], paper.IMP_TRUNCATE_PEER) == paper.Cost(10 * 12, 1)
+    # EarlyBird: sign 8 B + add_ 12 B per element, two foreach ops
+    assert paper.foreach_ops(BN, paper.EARLYBIRD_L1_PEER) == paper.Cost(12 * 20, 2)
+    # Gem-Miner: SGD weight decay 12 + momentum 8 + 12 + update 12, clamp 8, compare 5, count 1 = 58 B
+    assert paper.eager_loop([(10,)], paper.GEMMINER_STEP_PEER) == paper.Cost(580, 7)
+
+
+def test_rows_carry_the_peer_and_the_per_layer_loop():
+    prunable, norms = paper.network_parts(paper.networks()["ResNet-50"])
+    rows = {row.op.split(" ")[0] + row.op.split(" ")[1]: row for row in paper.network_rows(prunable, norms)}
+    step = rows["gemminer_step_(flat"]
+    assert step.eager == paper.eager_loop([(paper.total(prunable),)], paper.GEMMINER_STEP_PEER)
+    assert step.loop == paper.eager_loop(prunable, paper.GEMMINER_STEP_EAGER)
+    assert paper.predicted_seconds(step.loop) > paper.predicted_seconds(step.eager) > paper.predicted_seconds(step.fused)
+
+
 def test_gemminer_mask_costs():
     # forward 4+4+1 read, 4 write; backward (weights frozen) 4+1+4 read, 4 write
     assert paper.gemminer_mask_bytes([(2, 3), (4,)]) == 10 * 26
@@ -57,7 +78,7 @@ def test_gemminer_mask_costs():
 
 def test_kth_costs():
     assert paper.kth_bytes(100) == 4 * 4 * 100
-    assert paper.kth_fused([(60,), (40,)]) == paper.Cost(1600, 8, 3)
+    assert paper.kth_fused([(60,), (40,)]) == paper.Cost(1600, 8, 2)
     # cat 8N + iota 8N + 4 passes x (12 read + 12 write) N; cat, iota, 5 sort kernels, index
     assert paper.kth_eager([(60,), (40,)]) == paper.Cost(800 + 800 + 9600, 8)
 

@@ -113,15 +113,15 @@ def test_the_guard_catches_what_it_should():
 def test_pointer_tables_reach_the_gpu_without_a_sync():
     """The Triton launchers' tables go through pinned memory with non_blocking=True (checked with
     the calls recorded, since this machine has no GPU)."""
-    from sparseticket.triton_kernels._common import _to_device_without_sync
+    from sparseticket.triton_kernels._common import to_device_without_sync
 
     host = torch.arange(4)
     pinned = mock.MagicMock(name="pinned")
     with mock.patch.object(torch.Tensor, "pin_memory", return_value=pinned) as pin:
-        _to_device_without_sync(host, torch.device("cuda", 0))
+        to_device_without_sync(host, torch.device("cuda", 0))
     pin.assert_called_once()
     pinned.to.assert_called_once_with(torch.device("cuda", 0), non_blocking=True)
-    assert torch.equal(_to_device_without_sync(host, torch.device("cpu")), host)
+    assert torch.equal(to_device_without_sync(host, torch.device("cpu")), host)
 
 
 def test_block_tables_are_reused_while_addresses_stay():

@@ -41,7 +41,7 @@ class BlockTable:
     blocks: int
 
 
-def _to_device_without_sync(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device_without_sync(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``host`` on ``device`` without stalling the host: a copy from pageable memory waits for the
     stream (a ``cudaStreamSynchronize`` on every call); from pinned memory with ``non_blocking`` it is
     queued, and PyTorch's pinned-memory cache keeps the block until the copy has run."""
@@ -102,7 +102,7 @@ def _new_block_table(
     host = torch.tensor([value for row in rows for value in row], dtype=torch.int64)
     block_tensor = torch.repeat_interleave(
         torch.arange(count, dtype=torch.int64), torch.tensor(blocks_per_tensor, dtype=torch.int64))
-    buffer = _to_device_without_sync(torch.cat([host, block_tensor]), device)
+    buffer = to_device_without_sync(torch.cat([host, block_tensor]), device)
     views = list(buffer[: len(rows) * count].view(len(rows), count).unbind(0))
     return BlockTable(
         pointers=views[: len(pointer_lists)],

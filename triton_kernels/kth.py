@@ -13,7 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned, block_table, to_float32, triton_dtype
+from sparseticket.triton_kernels._common import (
+    to_device_without_sync,
+    aot_attrs,
+    all_aligned,
+    block_table,
+    to_float32,
+    triton_dtype,
+)
 
 BLOCK = 4096
 DIGIT_BITS = 8
@@ -80,7 +87,7 @@ def kth_value(values: list[torch.Tensor], k: int) -> torch.Tensor:
     """The k-th smallest element of the list (contract: reference.kth.kth_value)."""
     device = values[0].device
     table = block_table([values], [1] * len(values), BLOCK, device)
-    state = torch.tensor([0, k], dtype=torch.int64).to(device)
+    state = to_device_without_sync(torch.tensor([0, k], dtype=torch.int64), device)
     histograms = torch.zeros(32 // DIGIT_BITS, BINS, dtype=torch.int64, device=device)
     result = torch.empty((), dtype=torch.float32, device=device)
     dtype = triton_dtype(values[0].dtype)
@@ -99,7 +106,7 @@ def digit_histogram(values: list[torch.Tensor], shift: int, prefix: int) -> torc
     one launch of the histogram pass of ``kth_value``."""
     device = values[0].device
     table = block_table([values], [1] * len(values), BLOCK, device)
-    state = torch.tensor([prefix, 0], dtype=torch.int64).to(device)
+    state = to_device_without_sync(torch.tensor([prefix, 0], dtype=torch.int64), device)
     histogram = torch.zeros(BINS, dtype=torch.int64, device=device)
     if table.blocks:
         digit_histogram_kernel[(table.blocks,)](
