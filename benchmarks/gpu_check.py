@@ -234,8 +234,9 @@ def cuda_graphs(device: torch.device, dry: bool) -> dict:
     if device.type != "cuda":
         return {"skipped": "no CUDA device (dry run)"}
     failures, results = [], {}
+    twins = _method_steps(device, dry)  # the same models, stepped eagerly
     for method, (model, step, _) in _method_steps(device, dry).items():
-        twin_model, twin_step, _ = _method_steps(device, dry)[method]
+        twin_model, twin_step, _ = twins[method]
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

@@ -75,6 +75,19 @@ inline const uint8_t* bool_data(const at::Tensor& tensor) {
   return reinterpret_cast<const uint8_t*>(tensor.data_ptr<bool>());
 }
 
+// An output like `like` (shape, dtype, device) in `slot`'s memory when nothing but `slot` references
+// that memory (the previous step's graph is gone), else a fresh tensor. The result is a new tensor on
+// the slot's storage, not a view of it: while it lives, the memory counts as in use. Hot paths that
+// recompute the same weight-sized tensor every step use it to avoid a fresh (page-faulting) allocation.
+inline at::Tensor reuse_or_allocate(const at::Tensor& slot, const at::Tensor& like) {
+  const bool reusable = slot.sizes() == like.sizes() && slot.scalar_type() == like.scalar_type() &&
+                        slot.is_contiguous() && slot.device() == like.device() && slot.storage().use_count() == 1;
+  if (!reusable) return at::empty(like.sizes(), like.options());
+  auto out = at::empty({0}, like.options());
+  out.set_(slot.storage(), slot.storage_offset(), like.sizes(), slot.strides());
+  return out;
+}
+
 // Number of blocks to split `total` work units into: at most one per thread, each >= `grain` units.
 inline int64_t num_blocks(int64_t total, int64_t grain) {
   return std::clamp<int64_t>(total / grain, 1, at::get_num_threads());

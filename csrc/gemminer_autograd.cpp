@@ -26,20 +26,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// gemminer_mask into the slot's memory when nothing else references it (a fresh tensor otherwise).
-at::Tensor masked_into_slot(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
-                            const at::Tensor& weight_slot) {
-  const bool reusable = weight_slot.sizes() == weight.sizes() && weight_slot.scalar_type() == weight.scalar_type() &&
-                        weight_slot.is_contiguous() && weight_slot.device() == weight.device() &&
-                        weight_slot.storage().use_count() == 1;
-  if (!reusable) return gemminer_mask(weight, scores, flags);
-  // A new tensor on the slot's storage (not a view of it): it marks the memory as in use until freed.
-  auto out = at::empty({0}, weight.options());
-  out.set_(weight_slot.storage(), weight_slot.storage_offset(), weight.sizes(), weight_slot.strides());
-  gemminer_mask_into(weight, scores, flags, out);
-  return out;
-}
-
 class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& scores,
@@ -49,7 +35,9 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
     ctx->saved_data["scores"] = scores;  // the leaf itself: backward reads whether it has a .grad
     ctx->saved_data["grad_slot"] = grad_slot;
     ctx->saved_data["claimed"] = claimed;
-    return masked_into_slot(weight, scores, flags, weight_slot);
+    auto out = reuse_or_allocate(weight_slot, weight);
+    gemminer_mask_into(weight, scores, flags, out);
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {

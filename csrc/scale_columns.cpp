@@ -60,15 +60,7 @@ void scale_into(const at::Tensor& weight, const at::Tensor& coefficients, int64_
 
 at::Tensor scaled_into_slot(const at::Tensor& weight, const at::Tensor& coefficients, int64_t width,
                             const at::Tensor& slot) {
-  const bool reusable = slot.sizes() == weight.sizes() && slot.scalar_type() == weight.scalar_type() &&
-                        slot.is_contiguous() && slot.device() == weight.device() && slot.storage().use_count() == 1;
-  at::Tensor out;
-  if (reusable) {
-    out = at::empty({0}, weight.options());
-    out.set_(slot.storage(), slot.storage_offset(), weight.sizes(), slot.strides());
-  } else {
-    out = at::empty(weight.sizes(), weight.options());
-  }
+  auto out = reuse_or_allocate(slot, weight);
   scale_into(weight, coefficients, width, out);
   return out;
 }

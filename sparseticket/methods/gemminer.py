@@ -64,7 +64,7 @@ class _ScoreMask(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the traceable op; gm.step() gathers its gradients
             return _mask_op(weight, self.scores, self.flags)
-        if weight.device.type == "cpu" and _cpp_path_active():  # no Python per layer, forward or backward
+        if weight.device.type == "cpu" and cpp_runs_cpu_ops():  # no Python per layer, forward or backward
             return torch.ops.sparseticket_cpu.gemminer_masked_weight(weight, self.scores, self.flags,
                                                                      self.grad_slot, self.claimed, self.weight_slot)
         return _MaskedWeight.apply(weight, self.scores, self.flags, self)
@@ -92,11 +92,6 @@ class _MaskedWeight(torch.autograd.Function):
             layer.grad_slot.copy_(grad_scores)
             grad_scores = layer.grad_slot.view_as(layer.grad_slot)  # adopted as scores.grad
         return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
-
-
-def _cpp_path_active() -> bool:
-    """Whether CPU ops run on the C++ kernels now (not the reference or Triton's interpreter)."""
-    return cpp_runs_cpu_ops()
 
 
 def freezing_steps(epochs: int, period: int) -> int:
@@ -161,14 +156,11 @@ class GemMiner:
         self._grad = torch.zeros(start, device=device)
         self.scores.grad = self._grad
         self._claimed = torch.zeros(len(self.layers), dtype=torch.uint8)  # host flags, reset every step
-        self._layer_scores: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self._score_masks: list[_ScoreMask] = []
+        self._score_masks: list[_ScoreMask] = []  # per layer: its scores Parameter and gradient slot
         for index, (name, module) in enumerate(self.layers.items()):
             part, shape = self.slices[weight_name(name)], module.weight.shape
             layer_scores = nn.Parameter(self.scores.detach()[part].view(shape))  # shares the flat storage
-            grad_slot = self._grad[part].view(shape)
-            self._layer_scores.append((layer_scores, grad_slot))
-            score_mask = _ScoreMask(layer_scores, self.flags[part].view(shape), grad_slot,
+            score_mask = _ScoreMask(layer_scores, self.flags[part].view(shape), self._grad[part].view(shape),
                                     self._claimed[index:index + 1], module.weight.dtype)
             parametrize.register_parametrization(module, "weight", score_mask, unsafe=True)
             self._score_masks.append(score_mask)
@@ -189,9 +181,8 @@ class GemMiner:
 
     def zero_grad(self) -> None:
         """Forget this step's score gradient (every layer's ``.grad`` back to None)."""
-        for layer_scores, _ in self._layer_scores:
-            layer_scores.grad = None
         for score_mask in self._score_masks:
+            score_mask.scores.grad = None
             score_mask.claimed_here = False
         self._claimed.zero_()
         self.scores.grad = self._grad
@@ -205,14 +196,14 @@ class GemMiner:
         else set) is copied into its slice; a layer without a gradient counts as zero.
         """
         missing = 0
-        for layer_scores, grad_slot in self._layer_scores:
-            current = layer_scores.grad
+        for score_mask in self._score_masks:
+            current, grad_slot = score_mask.scores.grad, score_mask.grad_slot
             if current is None:
                 missing += 1
                 grad_slot.zero_()
             elif current.data_ptr() != grad_slot.data_ptr():
                 grad_slot.copy_(current)
-        if missing == len(self._layer_scores):
+        if missing == len(self._score_masks):
             raise RuntimeError("no score gradient: call loss.backward() before gm.step()")
         self.scores.grad = self._grad
         return self._grad
@@ -223,17 +214,17 @@ class GemMiner:
         first = next(iter(self.layers))
         key = f"{prefix}{first + '.' if first else ''}parametrizations.weight.0.scores"
         saved = state_dict.get(key)
-        if not isinstance(saved, torch.Tensor) or saved.shape == self._layer_scores[0][0].shape:
+        if not isinstance(saved, torch.Tensor) or saved.shape == self._score_masks[0].scores.shape:
             return  # the current layout (or nothing to load): the normal checks apply
         if saved.dim() != 1:
             return  # not the flat layout either: load_state_dict reports the size mismatch
         if saved.numel() != self.scores.numel():
             raise ValueError(f"GemMiner: {key} holds {saved.numel()} flat scores (an older checkpoint's "
                              f"layout), this model has {self.scores.numel()}: not the same model")
-        for (name, _), (layer_scores, _) in zip(self.layers.items(), self._layer_scores):
+        for (name, _), score_mask in zip(self.layers.items(), self._score_masks):
             part = self.slices[weight_name(name)]
             layer_key = f"{prefix}{name + '.' if name else ''}parametrizations.weight.0.scores"
-            state_dict[layer_key] = saved[part].view(layer_scores.shape)
+            state_dict[layer_key] = saved[part].view(score_mask.scores.shape)
 
     @torch.no_grad()
     def project_(self) -> None:
