@@ -75,14 +75,51 @@ inline const uint8_t* bool_data(const at::Tensor& tensor) {
   return reinterpret_cast<const uint8_t*>(tensor.data_ptr<bool>());
 }
 
+// The order in which a tensor lays out its elements in memory, when a kernel may read and write it as
+// one flat range: row-major, or channels_last(_3d) (dim 0, the output channels, is still outermost, so
+// per-channel masks stay valid). A tensor in both row-major and channels_last order (size-1 dims) is
+// row-major: two tensors of one shape then compare equal exactly when their element orders agree.
+enum class MemoryOrder : int8_t { kStrided = -1, kRowMajor = 0, kChannelsLast = 1, kChannelsLast3d = 2 };
+
+inline MemoryOrder memory_order(const at::Tensor& tensor) {
+  if (tensor.is_contiguous()) return MemoryOrder::kRowMajor;
+  if (tensor.is_contiguous(at::MemoryFormat::ChannelsLast)) return MemoryOrder::kChannelsLast;
+  if (tensor.is_contiguous(at::MemoryFormat::ChannelsLast3d)) return MemoryOrder::kChannelsLast3d;
+  return MemoryOrder::kStrided;
+}
+
+// Whether a kernel may treat the tensor's memory as its flat element range.
+inline bool flat_dense(const at::Tensor& tensor) { return memory_order(tensor) != MemoryOrder::kStrided; }
+
+// Whether two tensors of one shape are both flat-dense with their elements in the same order.
+inline bool same_order(const at::Tensor& tensor, const at::Tensor& like) {
+  const auto order = memory_order(tensor);
+  return order != MemoryOrder::kStrided && order == memory_order(like);
+}
+
+// A read-only input (like's shape, or flat with like's numel in row-major order) laid out in like's
+// memory order: the tensor itself when it already is (no copy), else a copy.
+inline at::Tensor in_order_of(const at::Tensor& tensor, const at::Tensor& like) {
+  if (tensor.sizes() == like.sizes() && same_order(tensor, like)) return tensor;
+  if (like.is_contiguous()) return tensor.contiguous();
+  return at::empty_like(like, tensor.options()).copy_(tensor.reshape(like.sizes()));
+}
+
+// For element-wise kernels over tensors of one shape: CPU, flat-dense, in `like`'s memory order.
+inline void check_input_like(const at::Tensor& tensor, const char* name, const at::Tensor& like) {
+  TORCH_CHECK(tensor.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(tensor.sizes() == like.sizes() && same_order(tensor, like), name,
+              " must have the shape and memory order (contiguous or channels_last) of the weight");
+}
+
 // An output like `like` (shape, dtype, device) in `slot`'s memory when nothing but `slot` references
 // that memory (the previous step's graph is gone), else a fresh tensor. The result is a new tensor on
 // the slot's storage, not a view of it: while it lives, the memory counts as in use. Hot paths that
 // recompute the same weight-sized tensor every step use it to avoid a fresh (page-faulting) allocation.
 inline at::Tensor reuse_or_allocate(const at::Tensor& slot, const at::Tensor& like) {
   const bool reusable = slot.sizes() == like.sizes() && slot.scalar_type() == like.scalar_type() &&
-                        slot.is_contiguous() && slot.device() == like.device() && slot.storage().use_count() == 1;
-  if (!reusable) return at::empty(like.sizes(), like.options());
+                        same_order(slot, like) && slot.device() == like.device() && slot.storage().use_count() == 1;
+  if (!reusable) return at::empty_like(like);  // like's memory order (row-major or channels_last)
   auto out = at::empty({0}, like.options());
   out.set_(slot.storage(), slot.storage_offset(), like.sizes(), slot.strides());
   return out;

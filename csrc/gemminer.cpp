@@ -61,17 +61,18 @@ void check_same_sizes(const at::Tensor& a, const at::Tensor& b, const char* what
 }  // namespace
 
 at::Tensor gemminer_mask(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags) {
-  auto out = at::empty(weight.sizes(), weight.options());
+  auto out = at::empty_like(weight);  // weight's memory order (row-major or channels_last)
   gemminer_mask_into(weight, scores, flags, out);
   return out;
 }
 
 void gemminer_mask_into(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
                         const at::Tensor& out) {
-  check_input(weight, "weight");
-  check_input(scores, "scores");
-  check_input(flags, "flags", at::kBool);
-  check_input(out, "out");
+  check_input_like(weight, "weight", weight);
+  check_input_like(scores, "scores", weight);
+  check_input_like(flags, "flags", weight);
+  TORCH_CHECK(flags.scalar_type() == at::kBool, "flags must be bool");
+  check_input_like(out, "out", weight);
   check_same_sizes(weight, scores, "gemminer_mask: weight and scores");
   check_same_sizes(weight, flags, "gemminer_mask: weight and flags");
   check_same_sizes(weight, out, "gemminer_mask: weight and out");
@@ -93,10 +94,11 @@ void gemminer_mask_into(const at::Tensor& weight, const at::Tensor& scores, cons
 std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad, const at::Tensor& weight,
                                                           const at::Tensor& scores, const at::Tensor& flags,
                                                           bool need_weight, bool need_scores) {
-  check_input(grad, "grad");
-  check_input(weight, "weight");
-  check_input(scores, "scores");
-  check_input(flags, "flags", at::kBool);
+  check_input_like(weight, "weight", weight);
+  check_input_like(grad, "grad", weight);
+  check_input_like(scores, "scores", weight);
+  check_input_like(flags, "flags", weight);
+  TORCH_CHECK(flags.scalar_type() == at::kBool, "flags must be bool");
   check_same_sizes(grad, weight, "gemminer_mask_backward: grad and weight");
   check_same_sizes(grad, scores, "gemminer_mask_backward: grad and scores");
   check_same_sizes(grad, flags, "gemminer_mask_backward: grad and flags");
@@ -110,8 +112,8 @@ std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad
                                                              flags, false, true))
                         : empty};
   }
-  auto grad_weight = need_weight ? at::empty(weight.sizes(), weight.options()) : grad.new_empty({0});
-  auto grad_scores = need_scores ? at::empty(scores.sizes(), scores.options()) : grad.new_empty({0});
+  auto grad_weight = need_weight ? at::empty_like(weight) : grad.new_empty({0});
+  auto grad_scores = need_scores ? at::empty_like(scores) : grad.new_empty({0});
   if (!need_weight && !need_scores) return {grad_weight, grad_scores};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gemminer_mask_backward", [&] {
     using T = scalar_t;
@@ -135,10 +137,11 @@ std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad
 
 void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& flags,
                                         const at::Tensor& out) {
-  check_input(grad, "grad");
-  check_input(weight, "weight");
-  check_input(flags, "flags", at::kBool);
-  check_input(out, "out");
+  check_input_like(weight, "weight", weight);
+  check_input_like(grad, "grad", weight);
+  check_input_like(flags, "flags", weight);
+  TORCH_CHECK(flags.scalar_type() == at::kBool, "flags must be bool");
+  check_input_like(out, "out", weight);
   check_same_sizes(grad, weight, "gemminer_mask_backward: grad and weight");
   check_same_sizes(grad, flags, "gemminer_mask_backward: grad and flags");
   check_same_sizes(grad, out, "gemminer_mask_backward: grad and out");

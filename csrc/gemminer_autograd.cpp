@@ -46,7 +46,7 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
     const auto& flags = saved[1];
     const auto scores = ctx->saved_data["scores"].toTensor();
     const bool need_weight = ctx->needs_input_grad(0), need_scores = ctx->needs_input_grad(1);
-    const auto grad = grad_outputs[0].to(weight.scalar_type()).contiguous();
+    const auto grad = in_order_of(grad_outputs[0].to(weight.scalar_type()), weight);
     at::Tensor grad_weight, grad_scores;
     if (need_weight) grad_weight = std::get<0>(gemminer_mask_backward(grad, weight, scores, flags, true, false));
     if (need_scores) {
@@ -58,7 +58,7 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
         gemminer_mask_backward_scores_into(grad, weight, flags, grad_slot);
         grad_scores = grad_slot.alias();  // one reference: AccumulateGrad adopts it as scores.grad
       } else {
-        grad_scores = at::empty(scores.sizes(), scores.options());
+        grad_scores = at::empty_like(scores);
         gemminer_mask_backward_scores_into(grad, weight, flags, grad_scores);
       }
     }
@@ -67,7 +67,8 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
 };
 
 // The contract of sparseticket::gemminer_mask (ops/_contracts.py) in C++, plus the slot's: float
-// weight and scores, bool flags, one shape, CPU; read-only inputs read through contiguous copies.
+// weight and scores, bool flags, one shape, CPU; read-only inputs read in the scores' memory order
+// (row-major or channels_last), through copies where they differ.
 void check_masked_weight(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
                          const at::Tensor& grad_slot, const at::Tensor& claimed) {
   const at::Device cpu(at::kCPU);
@@ -84,22 +85,27 @@ void check_masked_weight(const at::Tensor& weight, const at::Tensor& scores, con
                     "scores, flags and grad_slot must have weight's shape ", shape_string(weight.sizes()), ", got ",
                     shape_string(scores.sizes()), ", ", shape_string(flags.sizes()), " and ",
                     shape_string(grad_slot.sizes()));
-  TORCH_CHECK_VALUE(grad_slot.is_contiguous(), "grad_slot must be contiguous (it is written in place)");
+  TORCH_CHECK_VALUE(flat_dense(scores) && same_order(grad_slot, scores),
+                    "scores and grad_slot must be contiguous or channels_last, in one memory order (grad_slot is "
+                    "written in place): was the model moved or converted (model.to(memory_format=...)) after the "
+                    "GemMiner was made? Convert the model first, then create the GemMiner");
 }
 
 at::Tensor masked_weight_autograd(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
                                   const at::Tensor& grad_slot, const at::Tensor& claimed,
                                   const at::Tensor& weight_slot) {
   check_masked_weight(weight, scores, flags, grad_slot, claimed);
-  // scores is passed as is (not a contiguous copy): backward asks the leaf whether it has a .grad
-  TORCH_CHECK_VALUE(scores.is_contiguous(), "scores must be contiguous");
-  return MaskedWeight::apply(weight.contiguous(), scores, flags.contiguous(), grad_slot, claimed, weight_slot);
+  // scores is passed as is (not a copy): backward asks the leaf whether it has a .grad. The other
+  // inputs are read in its memory order (no copy when they share it, as GemMiner's views do).
+  return MaskedWeight::apply(in_order_of(weight, scores), scores, in_order_of(flags, scores), grad_slot, claimed,
+                             weight_slot);
 }
 
 at::Tensor masked_weight_forward(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
                                  const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor&) {
   check_masked_weight(weight, scores, flags, grad_slot, claimed);
-  return gemminer_mask(weight.contiguous(), scores.contiguous(), flags.contiguous());
+  const auto order = flat_dense(weight) ? weight : weight.contiguous();
+  return gemminer_mask(order, in_order_of(scores, order), in_order_of(flags, order));
 }
 
 }  // namespace

@@ -60,7 +60,8 @@ void truncate_grads_(at::TensorList grads, at::TensorList keep_in, at::TensorLis
                      double l1) {
   // The op's contract (sparseticket/ops/_contracts.py), checked here in C++ because this op runs on
   // every training step over every layer: the same errors, argument by argument, at a fraction of the
-  // cost of Python checks. Read-only inputs that are not contiguous are read through contiguous copies.
+  // cost of Python checks. Read-only inputs not laid out like their gradient (contiguous or channels_last) are read
+  // through copies in the gradient's memory order.
   TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale);
   TORCH_CHECK_VALUE(std::isfinite(l1), "l1 must be finite, got ", l1);
   const bool use_l1 = l1 != 0.0;
@@ -86,8 +87,8 @@ void truncate_grads_(at::TensorList grads, at::TensorList keep_in, at::TensorLis
       TORCH_CHECK_TYPE(false, "grads must all have one dtype: grads[0] is ", dtype_name(grad_dtype), ", grads[", i,
                        "] is ", dtype_name(grad.scalar_type()));
     }
-    TORCH_CHECK_VALUE(grad.is_contiguous(), "grads[", i, "] must be contiguous (it is updated in place); call "
-                      ".contiguous() on it first");
+    TORCH_CHECK_VALUE(flat_dense(grad), "grads[", i, "] must be contiguous or channels_last (it is updated in "
+                      "place); call .contiguous() on it first");
     TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool && mask.device() == device, "keep[", i, "] must be bool on ",
                      device, ", got ", describe(mask));
     const bool per_element = mask.sizes() == grad.sizes() || (mask.dim() == 1 && mask.numel() == grad.numel());
@@ -96,7 +97,7 @@ void truncate_grads_(at::TensorList grads, at::TensorList keep_in, at::TensorLis
                       grad.dim() >= 2 ? "(" + std::to_string(grad.size(0)) + ",) or " : std::string(),
                       shape_string(grad.sizes()), " (per channel or per element of grads[", i, "]), got ",
                       shape_string(mask.sizes()));
-    keep.push_back(mask.contiguous());
+    keep.push_back(per_element ? in_order_of(mask, grad) : mask.contiguous());  // read in grad's memory order
   }
   if (!params_in.empty()) {
     check_float_on(device, params_in[0], "params[0]");
@@ -111,7 +112,7 @@ void truncate_grads_(at::TensorList grads, at::TensorList keep_in, at::TensorLis
       }
       TORCH_CHECK_VALUE(param.sizes() == grads[i].sizes(), "params[", i, "] must have the shape of grads[", i, "] ",
                         shape_string(grads[i].sizes()), ", got ", shape_string(param.sizes()));
-      params.push_back(param.contiguous());
+      params.push_back(in_order_of(param, grads[i]));
     }
   }
   TORCH_CHECK_VALUE(device.is_cpu(), "grads must be CPU tensors for the C++ kernels, got ", device);

@@ -8,6 +8,8 @@
 
 #include <vector>
 
+#include "common.h"
+
 namespace sparseticket {
 
 class NativeTruncationPlan {
@@ -22,11 +24,17 @@ class NativeTruncationPlan {
   void run();
 
  private:
+  // ValueError unless `target` (parameter i's gradient or values) is flat-dense in the required order.
+  void check_order(const at::Tensor& target, size_t i, const char* what) const;
+
   std::vector<at::Tensor> params_, keep_, l1_params_;
   double scale_, l1_;
   bool of_grads_;
   at::Device device_;
   std::vector<at::Tensor> grads_now_, keep_now_, l1_now_;  // reused between calls
+  // Per parameter: the memory order its per-element mask (or sign tensor) was made in, which the
+  // gradient (or the values) must still have; kStrided where any flat-dense order will do.
+  std::vector<MemoryOrder> required_order_;
 };
 
 }  // namespace sparseticket

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from sparseticket.experiments.data import load_digits_split
 from sparseticket.experiments.models import vgg_small
-from sparseticket.methods import WORM, Ticket
+from sparseticket.methods import WORM
 from sparseticket.methods.teardown import end_distributed
 
 GLOBAL_BATCH = 64
@@ -47,7 +47,7 @@ def main() -> None:
             optimizer.step()
         if worm.epoch_end():  # +  the same decision on every rank (masks are checksummed)
             break
-    ticket = Ticket({}, "worm", {"found_epoch": worm.found_epoch}, channel_masks=worm.channel_mask())
+    ticket = worm.ticket()
     if dist.get_rank() == 0:  # one writer
         ticket.save("ddp_worm.safetensors")
         kept = sum(int(mask.sum()) for mask in ticket.channel_masks.values())

@@ -67,7 +67,7 @@ class Job:
         with the ticket's mask and masked gradients."""
         model = self.fresh_model()
         model.load_state_dict(initial)
-        ticket.apply(model)
+        ticket.apply_(model)
         return model, ticket.gradient_mask(model)
 
     fresh_model: Callable[[], nn.Module]

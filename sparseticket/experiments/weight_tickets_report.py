@@ -44,7 +44,7 @@ def fresh_model(seed: int) -> nn.Module:
 
 def finetune(model: nn.Module, ticket: Ticket, data: Split, epochs: int, seed: int) -> float:
     """Apply the ticket to ``model`` (its initial weights), train with masked gradients, test accuracy."""
-    ticket.apply(model)
+    ticket.apply_(model)
     hook = ticket.gradient_mask(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     for epoch in range(epochs):

@@ -1,7 +1,7 @@
 """Pruning-at-initialization baselines: random, Smart Ratio, magnitude, SNIP, GraSP and SynFlow.
 
 Each returns a ``Ticket`` whose masks are keyed by weight parameter name (every Conv/Linear
-weight, ``prunable_layers``) and keep exactly ``round(density * total)`` weights. Global methods
+weight and ``nn.MultiheadAttention`` projection, ``weights.prunable_weights``) and keep exactly ``round(density * total)`` weights. Global methods
 rank scores with ``kth_value``; ties go to the earlier layer, then the lower flat index. The input
 model is never modified (scores are computed on deep copies).
 
@@ -27,6 +27,7 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import all_reduce_mean_, unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_layers, weight_name
+from sparseticket.methods.weights import prunable_weights as all_prunable_weights
 from sparseticket.ops import kth_value
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -43,9 +44,9 @@ def check_density(density: object) -> float:
     return float(density)
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every Conv/Linear weight of ``model`` by parameter name, in forward (module) order."""
-    return {weight_name(name): module.weight for name, module in prunable_layers(model).items()}
+def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every prunable weight of ``model`` (``weights.prunable_weights``) by parameter name, in module order."""
+    return {weight.name: weight.tensor for weight in all_prunable_weights(model)}
 
 
 def kept_count(density: float, total: int) -> int:

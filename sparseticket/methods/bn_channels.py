@@ -75,9 +75,35 @@ def channel_layers(model: nn.Module) -> list[ChannelLayer]:
         start += module.num_features
     if not layers:
         raise ValueError("model has no BatchNorm layer with affine weights and no slimming "
-                         "coefficients: EarlyBird has no channel to track (for transformers, "
-                         "call sparseticket.methods.attach_slimming first)")
+                         f"coefficients: EarlyBird has no channel to track{_why_no_channels(model)}")
     return layers
+
+
+_OTHER_NORMS = ("LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm")
+
+
+def _why_no_channels(model: nn.Module) -> str:
+    """The rest of channel_layers' error: what the model normalises with instead, and what to do."""
+    kinds: dict[str, str] = {}  # kind -> first module of that kind
+    non_affine = None
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, _BATCH_NORMS):
+            non_affine = non_affine or name or "<model>"
+            continue
+        names = [cls.__name__ for cls in type(module).__mro__]  # also custom norms (ConvNextLayerNorm, *RMSNorm)
+        kind = next((k for k in _OTHER_NORMS if any(n.endswith(k) for n in names)), None)
+        if kind is not None:
+            kinds.setdefault(kind, name or "<model>")
+    hints = []
+    if kinds:
+        only = "" if non_affine else " only"
+        hints.append(f"the model normalises with {'/'.join(kinds)}{only} (e.g. {next(iter(kinds.values()))!r}) "
+                     "and EarlyBird/WORM rank channels by BatchNorm gamma, so prune it with a weight mask "
+                     "(IMP, GemMiner)")
+    if non_affine is not None:
+        hints.append(f"its BatchNorm layers (e.g. {non_affine!r}) have affine=False: no gamma to rank")
+    hints.append("for transformers, call sparseticket.methods.attach_slimming first")
+    return ": " + "; ".join(hints)
 
 
 def channel_importance(layers: list[ChannelLayer]) -> torch.Tensor:

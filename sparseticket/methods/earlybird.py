@@ -3,8 +3,13 @@
 Add three lines to any training loop::
 
     eb = EarlyBird(model)
-    ...  loss.backward(); eb.after_backward(); optimizer.step()
+    ...  loss.backward(); eb.after_backward(); optimizer.step(); eb.after_step()
     ...  if eb.epoch_end(): break   # at the end of every epoch; True when the ticket is drawn
+    eb.ticket().save("ticket.safetensors")
+
+``after_backward`` must see unscaled gradients: under a ``GradScaler`` call
+``scaler.unscale_(optimizer)`` before it (the trainer callbacks in ``sparseticket.integrations``
+do this themselves).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sparseticket.methods.bn_channels import (
     channel_layers,
     relative_importance,
 )
+from sparseticket.methods.ticket import Ticket
 from sparseticket.ops import TruncationPlan, mask_distances, unpack_mask
 
 
@@ -96,6 +102,9 @@ class EarlyBird:
             self._l1_plan = TruncationPlan([layer.gamma for layer in self.layers], self._keep_everything(),
                                            scale=1.0, l1=self.l1)
         self._l1_plan()
+
+    def after_step(self) -> None:
+        """The hook every method has after ``optimizer.step()``: nothing to do for EarlyBird."""
 
     def _keep_everything(self) -> list[torch.Tensor]:
         return [torch.ones(layer.stop - layer.start, dtype=torch.bool, device=layer.gamma.device)
@@ -197,6 +206,22 @@ class EarlyBird:
     def history(self) -> list[list[float]] | dict[float, list[list[float]]]:
         """The distances of every epoch so far, for plots."""
         return self._single([tracker.history for tracker in self.trackers])
+
+    @property
+    def drawn(self) -> bool:
+        """True once the ticket of any tracked ratio has been drawn."""
+        return any(tracker.found_epoch is not None for tracker in self.trackers)
+
+    def ticket(self, ratio: float | None = None) -> Ticket:
+        """The newest channel mask of ``ratio`` (default: the first) as a ``Ticket``: channel masks
+        keyed by BN (or coefficient) module name, the settings and the found epoch."""
+        tracker = self._tracker(ratio)
+        return Ticket({}, self.METHOD, {**self._hyperparameters(), "ratio": tracker.ratio,
+                                        "found_epoch": tracker.found_epoch, "epochs": self.epoch},
+                      channel_masks=self.channel_mask(tracker.ratio))
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {"l1": self.l1, "queue": self.queue, "eps": self.eps}
 
     def channel_mask(self, ratio: float | None = None) -> dict[str, torch.Tensor]:
         """Per-layer bool masks (True = keep) of the newest mask for ``ratio`` (default: the first)."""

@@ -1,13 +1,14 @@
 """Gem-Miner (Sreenivasan et al., NeurIPS 2022): a sparse mask found at initialization.
 
-Every Conv/Linear weight is frozen at its initialization and multiplied by ``1[p > 0.5] * q``:
+Every prunable weight (Conv/Linear, ``nn.MultiheadAttention`` Q/K/V) is frozen at its
+initialization and multiplied by ``1[p > 0.5] * q``:
 ``p`` are scores in [0, 1] trained with straight-through gradients, ``q`` frozen flags. Every
 ``period`` epochs the globally lowest-scoring active weights are frozen (``q = 0``) so that the
 mask ends at exactly ``density``. Scores and flags live in one flat buffer each::
 
     gm = GemMiner(model, density=0.05, epochs=E)
-    ...  loss.backward(); gm.step()               # fused SGD+momentum+L2+clamp on all scores
-    ...  gm.epoch_end(epoch)                      # freezing schedule, cosine learning rate
+    ...  loss.backward(); gm.after_backward()     # = gm.step(): fused SGD+momentum+L2+clamp on all scores
+    ...  gm.epoch_end()                           # freezing schedule, cosine learning rate
     ticket = gm.ticket(); gm.finish()             # weights back to their init, pruned ones zero
 
 Each layer's scores are their own ``nn.Parameter`` (``<layer>.parametrizations.weight.0.scores``),
@@ -34,8 +35,9 @@ from torch.nn.utils import parametrize
 from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
-from sparseticket.methods.weights import prunable_layers, weight_name
+from sparseticket.methods.weights import PrunableWeight, prunable_weights
 from sparseticket.ops import cpp_runs_cpu_ops, kth_value
+from sparseticket.ops._validate import memory_order
 
 _mask_op = torch.ops.sparseticket.gemminer_mask
 _mask_backward_op = torch.ops.sparseticket.gemminer_mask_backward
@@ -59,7 +61,7 @@ class _ScoreMask(nn.Module):
         self.flags, self.grad_slot, self.claimed = flags, grad_slot, claimed
         self.claimed_here = False  # the same flag for the Python path (_MaskedWeight)
         # where the C++ path writes the masked weight when the last one is no longer referenced
-        self.weight_slot = torch.empty(scores.shape, dtype=weight_dtype, device=scores.device)
+        self.weight_slot = torch.empty_like(scores, dtype=weight_dtype)  # the scores' memory order
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # the traceable op; gm.step() gathers its gradients
@@ -92,6 +94,18 @@ class _MaskedWeight(torch.autograd.Function):
             layer.grad_slot.copy_(grad_scores)
             grad_scores = layer.grad_slot.view_as(layer.grad_slot)  # adopted as scores.grad
         return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
+
+
+def _view_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A view of the 1-D ``flat`` with ``like``'s shape and memory order (row-major or channels_last)."""
+    order = memory_order(like)
+    if order == "channels_last":
+        batch, channels, height, width = like.shape
+        return flat.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    if order == "channels_last_3d":
+        batch, channels, depth, height, width = like.shape
+        return flat.view(batch, depth, height, width, channels).permute(0, 4, 1, 2, 3)
+    return flat.view(like.shape)
 
 
 def freezing_steps(epochs: int, period: int) -> int:
@@ -138,15 +152,16 @@ class GemMiner:
         self.target_density = float(density)
         self.epochs, self.period = epochs, period
         self.l2, self.base_lr, self.lr, self.momentum = float(l2), float(lr), float(lr), float(momentum)
-        self.layers = prunable_layers(model, exclude)
+        self.weights: list[PrunableWeight] = prunable_weights(model, exclude)
+        self.layers = {weight.module_name: weight.module for weight in self.weights}  # by module name
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.slices: dict[str, slice] = {}
+        self.slices: dict[str, slice] = {}  # by parameter name, e.g. "features.0.weight"
         start = 0
-        for name, module in self.layers.items():
-            self.slices[weight_name(name)] = slice(start, start + module.weight.numel())
-            start += module.weight.numel()
-        device = next(iter(self.layers.values())).weight.device
+        for weight in self.weights:
+            self.slices[weight.name] = slice(start, start + weight.tensor.numel())
+            start += weight.tensor.numel()
+        device = self.weights[0].tensor.device
         # No seed: torch's global RNG (torch.manual_seed); a seed: its own generator, global RNG untouched.
         generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         self.scores = nn.Parameter(torch.rand(start, generator=generator).to(device))  # U[0, 1]
@@ -155,19 +170,30 @@ class GemMiner:
         # One flat gradient: each layer's backward writes its slice (see _ScoreMask), step() reads it.
         self._grad = torch.zeros(start, device=device)
         self.scores.grad = self._grad
-        self._claimed = torch.zeros(len(self.layers), dtype=torch.uint8)  # host flags, reset every step
+        self._claimed = torch.zeros(len(self.weights), dtype=torch.uint8)  # host flags, reset every step
         self._score_masks: list[_ScoreMask] = []  # per layer: its scores Parameter and gradient slot
-        for index, (name, module) in enumerate(self.layers.items()):
-            part, shape = self.slices[weight_name(name)], module.weight.shape
-            layer_scores = nn.Parameter(self.scores.detach()[part].view(shape))  # shares the flat storage
-            score_mask = _ScoreMask(layer_scores, self.flags[part].view(shape), self._grad[part].view(shape),
-                                    self._claimed[index:index + 1], module.weight.dtype)
-            parametrize.register_parametrization(module, "weight", score_mask, unsafe=True)
+        for index, weight in enumerate(self.weights):
+            part, tensor = self.slices[weight.name], weight.tensor
+            # views of the flat buffers in the weight's memory order (row-major or channels_last):
+            # the kernels then read weight, scores and flags flat, with no copy
+            layer_scores = nn.Parameter(_view_like(self.scores.detach()[part], tensor))  # shares the flat storage
+            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor),
+                                    _view_like(self._grad[part], tensor), self._claimed[index:index + 1], tensor.dtype)
+            parametrize.register_parametrization(weight.module, weight.attr, score_mask, unsafe=True)
             self._score_masks.append(score_mask)
         self._legacy_hook = model.register_load_state_dict_pre_hook(self._split_legacy_scores)
         self.freezes_done = 0
+        self.epoch = 0  # epoch_end calls so far (or the last epoch passed to it)
 
     # ----------------------------------------------------------------- per step
+    def after_backward(self) -> torch.Tensor:
+        """The hook every method has between backward and ``optimizer.step()``: for Gem-Miner it
+        is the score step itself (``step()``); returns what ``step()`` returns."""
+        return self.step()
+
+    def after_step(self) -> None:
+        """The hook every method has after ``optimizer.step()``: nothing to do for Gem-Miner."""
+
     def step(self) -> torch.Tensor:
         """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; clears the
         score gradient. Returns the number of weights in the mask (p > 0.5 and not frozen) as a 0-d
@@ -196,7 +222,12 @@ class GemMiner:
         else set) is copied into its slice; a layer without a gradient counts as zero.
         """
         missing = 0
-        for score_mask in self._score_masks:
+        for score_mask, weight in zip(self._score_masks, self.weights):
+            expected = self.scores.data_ptr() + self.slices[weight.name].start * self.scores.element_size()
+            if score_mask.scores.data_ptr() != expected:
+                raise RuntimeError(f"GemMiner: the scores of {weight.name} are no longer a view of gm.scores "
+                                   "(model moved or converted after the GemMiner was made?): "
+                                   "move or convert the model first, then create the GemMiner")
             current, grad_slot = score_mask.scores.grad, score_mask.grad_slot
             if current is None:
                 missing += 1
@@ -211,8 +242,7 @@ class GemMiner:
     def _split_legacy_scores(self, module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
         """Load a model state saved before per-layer scores (one flat ``scores`` Parameter on the
         first layer's parametrization): split it into the layers' keys."""
-        first = next(iter(self.layers))
-        key = f"{prefix}{first + '.' if first else ''}parametrizations.weight.0.scores"
+        key = f"{prefix}{self._scores_key(self.weights[0])}"
         saved = state_dict.get(key)
         if not isinstance(saved, torch.Tensor) or saved.shape == self._score_masks[0].scores.shape:
             return  # the current layout (or nothing to load): the normal checks apply
@@ -221,10 +251,15 @@ class GemMiner:
         if saved.numel() != self.scores.numel():
             raise ValueError(f"GemMiner: {key} holds {saved.numel()} flat scores (an older checkpoint's "
                              f"layout), this model has {self.scores.numel()}: not the same model")
-        for (name, _), score_mask in zip(self.layers.items(), self._score_masks):
-            part = self.slices[weight_name(name)]
-            layer_key = f"{prefix}{name + '.' if name else ''}parametrizations.weight.0.scores"
-            state_dict[layer_key] = saved[part].view(score_mask.scores.shape)
+        for weight, score_mask in zip(self.weights, self._score_masks):
+            part = self.slices[weight.name]
+            state_dict[f"{prefix}{self._scores_key(weight)}"] = saved[part].view(score_mask.scores.shape)
+
+    @staticmethod
+    def _scores_key(weight: PrunableWeight) -> str:
+        """The model state key of a layer's scores Parameter."""
+        module = f"{weight.module_name}." if weight.module_name else ""
+        return f"{module}parametrizations.{weight.attr}.0.scores"
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -235,8 +270,17 @@ class GemMiner:
         self.zero_grad()
 
     # ----------------------------------------------------------------- per epoch
-    def epoch_end(self, epoch: int) -> bool:
-        """After epoch ``epoch`` (1-based): cosine learning rate; freeze on schedule. True if it froze."""
+    def epoch_end(self, epoch: int | None = None) -> bool:
+        """At the end of every epoch: cosine learning rate; freeze on schedule. True if it froze.
+
+        The epoch is counted inside (``gm.epoch``); ``epoch`` (1-based) sets it instead, for a
+        caller that keeps its own count.
+        """
+        if epoch is None:
+            epoch = self.epoch + 1
+        elif isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(f"epoch must be a positive int (1-based) or None, got {epoch!r}")
+        self.epoch = epoch
         self.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
         steps = freezing_steps(self.epochs, self.period)
         if self.target_density >= 1 or epoch % self.period or not 0 < epoch // self.period <= steps:
@@ -252,7 +296,8 @@ class GemMiner:
 
     @torch.no_grad()
     def _freeze_lowest(self, count: int) -> None:
-        """Freeze exactly ``count`` active weights, lowest scores first (ties by position)."""
+        """Freeze exactly ``count`` active weights, lowest scores first (ties by position in
+        ``gm.scores``: layer order, then each layer's memory order)."""
         if count <= 0:
             return
         active_scores = torch.where(self.flags, self.scores.detach(), torch.tensor(2.0, device=self.flags.device))
@@ -277,6 +322,7 @@ class GemMiner:
             "momentum_buffer": self.momentum_buffer.clone(),
             "lr": self.lr,
             "freezes_done": self.freezes_done,
+            "epoch": self.epoch,
         }
 
     @torch.no_grad()
@@ -295,8 +341,14 @@ class GemMiner:
         self.momentum_buffer.copy_(state["momentum_buffer"])
         self.lr = float(state["lr"])
         self.freezes_done = int(state["freezes_done"])
+        self.epoch = int(state.get("epoch", 0))  # states saved before the epoch count: 0
 
     # ----------------------------------------------------------------- results
+    @property
+    def drawn(self) -> bool:
+        """True once mining has run its ``epochs`` (the ticket is final)."""
+        return self.epoch >= self.epochs
+
     @property
     def density(self) -> float:
         """Fraction of weights not frozen (q = 1): what the schedule drives to ``density``."""
@@ -310,11 +362,9 @@ class GemMiner:
     def ticket(self) -> Ticket:
         """The mask to fine-tune: the flags q (at exactly ``density`` once mining ended), with scores."""
         masks, scores = {}, {}
-        for name, module in self.layers.items():
-            key = weight_name(name)
-            shape = module.parametrizations.weight.original.shape
-            masks[key] = self.flags[self.slices[key]].view(shape).cpu().clone()
-            scores[key] = self.scores.detach()[self.slices[key]].view(shape).cpu().clone()
+        for weight, score_mask in zip(self.weights, self._score_masks):
+            masks[weight.name] = score_mask.flags.cpu().clone(memory_format=torch.contiguous_format)
+            scores[weight.name] = score_mask.scores.detach().cpu().clone(memory_format=torch.contiguous_format)
         hyperparameters = {"density": self.target_density, "epochs": self.epochs, "period": self.period,
                            "l2": self.l2, "lr": self.base_lr, "momentum": self.momentum}
         return Ticket(masks, "gemminer", hyperparameters, scores=scores)
@@ -324,9 +374,9 @@ class GemMiner:
         ticket's pruned weights zeroed, every parameter trainable again. Returns the ticket."""
         ticket = self.ticket()
         self._legacy_hook.remove()
-        for module in self.layers.values():
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        for weight in self.weights:
+            parametrize.remove_parametrizations(weight.module, weight.attr, leave_parametrized=False)
         for parameter in self.model.parameters():
             parameter.requires_grad_(True)
-        ticket.apply(self.model)
+        ticket.apply_(self.model)
         return ticket

@@ -38,8 +38,9 @@ from torch import nn
 from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import collective_device, unwrap
 from sparseticket.methods.ticket import Ticket
-from sparseticket.methods.weights import prunable_layers, weight_name
+from sparseticket.methods.weights import prunable_weights
 from sparseticket.ops import TruncationPlan, kth_value, sharded_kth_value, truncate_grads_
+from sparseticket.ops._validate import memory_order
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -170,10 +171,9 @@ class IMP:
         self.rate = _check_rate(rate)
         self.rewind_step = _check_rewind_step(rewind_step)
         self.exclude = _check_exclude(exclude)
-        layers = prunable_layers(self.model, self.exclude)
-        self.names = [weight_name(name) for name in layers]
-        self._layers = list(layers.values())
-        self.weights = [module.weight for module in self._layers]
+        self._layers = prunable_weights(self.model, self.exclude)
+        self.names = [layer.name for layer in self._layers]
+        self.weights = [layer.tensor for layer in self._layers]
         for name, weight in zip(self.names, self.weights):
             if weight.dtype not in WEIGHT_DTYPES:
                 raise TypeError(f"model: {name} must be float32/float16/bfloat16, got {weight.dtype}")
@@ -185,6 +185,7 @@ class IMP:
         self._grad_plan: TruncationPlan | None = None
         self._weight_plan: TruncationPlan | None = None
         self.round = 0
+        self.epoch = 0  # epoch_end calls so far
         self._saved: dict[str, Any] | None = None
 
     def _find_fsdp_modules(self) -> list[nn.Module]:
@@ -205,8 +206,8 @@ class IMP:
 
     def _check_weights_current(self) -> None:
         """The weights must still be the model's: ``fully_shard`` after IMP replaces them."""
-        for name, module, weight in zip(self.names, self._layers, self.weights):
-            current = getattr(module, "weight", None)
+        for name, layer, weight in zip(self.names, self._layers, self.weights):
+            current = getattr(layer.module, layer.attr, None)
             if current is not weight and (self.sharded or _is_dtensor(current)):
                 raise RuntimeError(f"IMP: {name} is no longer the model's parameter (the model was "
                                    "sharded after IMP was created?): create IMP after fully_shard")
@@ -322,6 +323,7 @@ class IMP:
         """Zero the gradients of pruned weights (one fused call); between backward and step."""
         if not self.sharded:
             if self._grad_plan is None:  # the masks are edited in place: one plan serves every round
+                self._check_layouts()
                 self._grad_plan = TruncationPlan(self.weights, self.masks, scale=0.0)
             self._grad_plan()
             return
@@ -348,8 +350,27 @@ class IMP:
             truncate_grads_([weight.to_local().detach() for weight in self.weights], self.masks, scale=0.0)
             return
         if self._weight_plan is None:  # the masks are edited in place: one plan serves every round
+            self._check_layouts()
             self._weight_plan = TruncationPlan(self.weights, self.masks, scale=0.0, of="data")
         self._weight_plan()
+
+    def epoch_end(self) -> bool:
+        """The hook every method has at the end of an epoch: IMP only counts epochs (``imp.epoch``);
+        its rounds are ``prune_round()`` and ``rewind()``. Always False (nothing is drawn here)."""
+        self.epoch += 1
+        return False
+
+    @property
+    def drawn(self) -> bool:
+        """Always False: IMP's ticket is whatever ``prune_round`` left, never drawn by a hook."""
+        return False
+
+    def _check_layouts(self) -> None:
+        """Each mask must still be in its weight's memory format (it was made in it)."""
+        for name, weight, mask in zip(self.names, self.weights, self.masks):
+            if memory_order(weight) != memory_order(mask):
+                raise ValueError(f"IMP: {name} changed memory format (contiguous <-> channels_last) after IMP "
+                                 "was made: convert the model (model.to(memory_format=...)) before creating IMP")
 
     # ------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -361,6 +382,7 @@ class IMP:
             "names": list(self.names),
             "masks": [mask.clone() for mask in self.masks],
             "round": self.round,
+            "epoch": self.epoch,
             "captured": None if saved is None else {
                 "model": {key: value.clone() for key, value in saved["model"].items()},
                 "optimizer": None if saved["optimizer"] is None else copy.deepcopy(saved["optimizer"][1]),
@@ -402,6 +424,7 @@ class IMP:
         if self.sharded:
             self._global_survivors = self._count_survivors()
         self.round = int(state["round"])
+        self.epoch = int(state.get("epoch", 0))  # states saved before the epoch count: 0
 
     # ------------------------------------------------------------ result
     def ticket(self) -> Ticket:

@@ -4,17 +4,24 @@ Built on Torch-Pruning's DependencyGraph, so residual adds, concatenations and t
 consistent. Channels coupled through the graph (e.g. both sides of a residual add) are kept when ANY
 coupled BatchNorm keeps them; channels coupled to a BatchNorm without a mask, or reaching the model
 output, are always kept.
+
+``example_inputs`` are passed as Torch-Pruning passes them: a tensor as the one argument, a
+tuple/list as positional arguments, a mapping (a dict, or a Hugging Face ``BatchFeature``) as
+keyword arguments. The model may return anything Torch-Pruning can trace (a tensor, a tuple, a
+Hugging Face ``ModelOutput``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
 import torch_pruning as tp
@@ -25,6 +32,8 @@ from sparseticket.methods.distributed import unwrap
 
 _WARMUP_RUNS = 3
 _TIMED_RUNS = 10
+
+ExampleInputs = Union[torch.Tensor, tuple, list, Mapping]  # a Mapping holds keyword arguments
 
 
 @dataclass
@@ -66,12 +75,13 @@ def _fmt(value: float) -> str:
 def prune_channels(
     model: nn.Module,
     channel_masks: dict[str, torch.Tensor],
-    example_inputs: torch.Tensor,
+    example_inputs: ExampleInputs,
     *,
     measure_latency: bool = True,
 ) -> tuple[nn.Module, PruneReport]:
     """A physically smaller deep copy of `model` without the masked-out BN channels, and a report."""
     masks = _validate_masks(model, channel_masks)
+    example_inputs = _as_call_inputs(example_inputs)
     pruned = copy.deepcopy(model)
     params_before, macs_before, latency_before = measure_model(pruned, example_inputs, measure_latency)
     bns = {name: pruned.get_submodule(name) for name in masks}
@@ -119,23 +129,55 @@ def _preserved_modes(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def measure_model(model: nn.Module, example_inputs: torch.Tensor, measure_latency: bool) -> tuple[int, int, float]:
-    """Parameter count, MACs (Torch-Pruning's counter) and median eval-mode latency in ms (NaN if not measured)."""
+def _as_call_inputs(example_inputs: ExampleInputs) -> torch.Tensor | tuple | list | dict:
+    """A mapping that is not a dict (Hugging Face's ``BatchFeature``) as a plain dict: Torch-Pruning
+    spreads only a dict (and a tuple/list) into the call; anything else would be one argument."""
+    if isinstance(example_inputs, Mapping) and not isinstance(example_inputs, dict):
+        return dict(example_inputs)
+    return example_inputs
+
+
+def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
+    """``model`` called on the example inputs as Torch-Pruning calls it."""
+    example_inputs = _as_call_inputs(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    return model(example_inputs)
+
+
+def _count_macs(model: nn.Module, example_inputs: ExampleInputs) -> int:
+    """MACs of one example. Torch-Pruning's counter divides by the length of the first positional
+    input; keyword-only inputs it counts as batch 1 (and prints so), so divide here by the batch of
+    the first tensor among them."""
+    example_inputs = _as_call_inputs(example_inputs)
+    if not isinstance(example_inputs, dict):
+        return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+    with contextlib.redirect_stdout(io.StringIO()):  # "No positional inputs found ..., assuming batch size is 1"
+        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+    first = next((v for v in example_inputs.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    return int(macs / len(first)) if first is not None and len(first) > 0 else int(macs)
+
+
+def measure_model(model: nn.Module, example_inputs: ExampleInputs, measure_latency: bool) -> tuple[int, int, float]:
+    """Parameter count, MACs per example (Torch-Pruning's counter) and median eval-mode latency
+    in ms (NaN if not measured)."""
     params = sum(p.numel() for p in model.parameters())
     with _preserved_modes(model):
-        macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
+        macs = _count_macs(model, example_inputs)
         latency = _latency_ms(model, example_inputs) if measure_latency else float("nan")
-    return params, int(macs), latency
+    return params, macs, latency
 
 
-def _latency_ms(model: nn.Module, example_inputs: torch.Tensor) -> float:
+def _latency_ms(model: nn.Module, example_inputs: ExampleInputs) -> float:
     """Median wall-clock time of one eval-mode, no-grad forward pass, after warm-up."""
     model.eval()
     times = []
     with torch.no_grad():
         for run in range(_WARMUP_RUNS + _TIMED_RUNS):
             start = time.perf_counter()
-            model(example_inputs)
+            _call(model, example_inputs)
             if run >= _WARMUP_RUNS:
                 times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
@@ -227,7 +269,7 @@ def _remove_channels(
 def prune_model(
     model: nn.Module,
     channel_masks: dict[str, torch.Tensor],
-    example_inputs: torch.Tensor,
+    example_inputs: ExampleInputs,
     *,
     measure_latency: bool = True,
 ) -> tuple[nn.Module, PruneReport]:

@@ -117,8 +117,8 @@ class Ticket:
         return parameters
 
     @torch.no_grad()
-    def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the pruned weights of ``model`` in place (and gamma/beta of pruned channels)."""
+    def apply_(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned weights of ``model`` in place (and gamma/beta of pruned channels); returns it."""
         parameters = self._parameters(model)
         for name, mask in self.masks.items():
             parameters[name].mul_(mask.to(parameters[name].device))
@@ -131,6 +131,10 @@ class Ticket:
             if getattr(module, "bias", None) is not None:
                 module.bias.mul_(mask.to(module.bias.device))
         return model
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """The former name of ``apply_`` (acts in place, returns ``model``)."""
+        return self.apply_(model)
 
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
         """Register the masks as ``torch.nn.utils.prune`` masks (``weight_orig`` + ``weight_mask``)."""
@@ -147,4 +151,5 @@ class Ticket:
         ``apply``, SGD with momentum and weight decay then keeps them exactly zero."""
         parameters = self._parameters(model)
         return TruncationPlan([parameters[name] for name in self.masks],
-                              [mask.to(parameters[name].device).contiguous() for name, mask in self.masks.items()])
+                              [torch.empty_like(parameters[name], dtype=torch.bool).copy_(mask)  # its memory format
+                               for name, mask in self.masks.items()])

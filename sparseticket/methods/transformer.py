@@ -8,10 +8,14 @@ across all layers::
     ...
     small = prune_transformer(model, eb.channel_mask())
 
-A transformer block is every ``nn.TransformerEncoderLayer`` and every module whose ``self_attn`` is
-a ``SelfAttention`` and that has ``nn.Linear`` ``linear1``/``linear2`` (its FFN). A block's
-coefficients live on it as ``head_coefficients`` and ``ffn_coefficients``; they scale the columns
-of the attention output projection (head h's ``head_dim`` columns) and of ``linear2`` through
+A transformer block is every ``nn.TransformerEncoderLayer``, every module whose ``self_attn`` is
+a ``SelfAttention`` and that has ``nn.Linear`` ``linear1``/``linear2`` (its FFN), and every
+Hugging Face BERT-style encoder layer (BERT, RoBERTa, ELECTRA, ...: recognised by structure, see
+``hf_transformer``; its output projection is ``attention.output.dense``, its FFN
+``intermediate.dense``/``output.dense``). A block's coefficients live on it as
+``head_coefficients`` and ``ffn_coefficients`` (e.g. ``bert.encoder.layer.0.head_coefficients``
+in a ``BertForSequenceClassification``); they scale the columns of the attention output
+projection (head h's ``head_dim`` columns) and of the FFN's second linear through
 ``torch.nn.utils.parametrize``, which equals scaling each head's output / each neuron's activation.
 """
 
@@ -25,6 +29,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseticket.methods.bn_channels import ChannelCoefficients
+from sparseticket.methods.hf_transformer import (
+    bert_ffn,
+    bert_head_inputs,
+    bert_heads,
+    is_bert_layer,
+    set_bert_ffn,
+    set_bert_heads,
+)
 from sparseticket.ops import cpp_runs_cpu_ops
 
 HEADS = "head_coefficients"
@@ -88,8 +100,7 @@ class SelfAttention(nn.Module):
 
     def select_heads(self, heads: torch.Tensor) -> SelfAttention:
         """A copy with only the given heads (indices), weights copied exactly (un-parametrized)."""
-        rows = (heads.view(-1, 1) * self.head_dim
-                + torch.arange(self.head_dim, device=heads.device)).flatten()
+        rows = _head_rows(heads, self.head_dim)
         q, k, v = (_linear(_raw_weight(p)[rows], None if p.bias is None else p.bias[rows])
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         out = _linear(_raw_weight(self.out_proj)[:, rows], self.out_proj.bias)
@@ -180,17 +191,21 @@ def attach_slimming(model: nn.Module) -> list[str]:
     """Attach coefficients (init 1) per attention layer (one per head) and per FFN (one per neuron); their names."""
     blocks = transformer_blocks(model)
     if not blocks:
-        raise ValueError("model has no nn.TransformerEncoderLayer and no block with a SelfAttention `self_attn` "
-                         "and nn.Linear `linear1`/`linear2`: nothing to slim")
+        raise ValueError("model has no nn.TransformerEncoderLayer, no block with a SelfAttention `self_attn` "
+                         "and nn.Linear `linear1`/`linear2` and no Hugging Face BERT-style layer "
+                         "(attention.self.query/key/value, attention.output.dense, intermediate.dense, "
+                         "output.dense): nothing to slim")
     for name, block in blocks:
         if _is_slimmed(block):
             raise ValueError(f"block {name or '<model>'!r} already has slimming coefficients")
-        if isinstance(block.self_attn, nn.MultiheadAttention):
+        if isinstance(getattr(block, "self_attn", None), nn.MultiheadAttention):
             _check_multihead(block.self_attn, name)
     names = []
     for name, block in blocks:
-        _attach(block, _coefficients(block.self_attn.num_heads, f"heads:{name}", block.linear2.weight),
-                _coefficients(block.linear1.out_features, FFN_GROUP, block.linear2.weight))
+        heads, _, _ = _head_layout(block)
+        first, second = _ffn_linears(block)
+        _attach(block, _coefficients(heads, f"heads:{name}", second.weight),
+                _coefficients(first.out_features, FFN_GROUP, second.weight))
         names += [_join(name, HEADS), _join(name, FFN)]
     return names
 
@@ -212,7 +227,8 @@ def prune_transformer(model: nn.Module, channel_masks: dict[str, torch.Tensor]) 
     ``channel_masks`` maps coefficient module names (``eb.channel_mask()``) to 1-D bool keep masks;
     a missing name keeps everything. A layer never loses all its heads or an FFN all its neurons:
     the one with the largest |coefficient| stays. Pruned ``nn.MultiheadAttention`` modules become
-    ``SelfAttention``.
+    ``SelfAttention``; a Hugging Face BERT-style layer keeps its modules with smaller linears and its
+    ``attention.self.num_attention_heads``/``all_head_size`` updated (its shared config is not).
     """
     keep = _keep_indices(model, channel_masks)
     pruned = copy.deepcopy(model)
@@ -231,9 +247,23 @@ def prune_transformer(model: nn.Module, channel_masks: dict[str, torch.Tensor]) 
 def _is_block(module: nn.Module) -> bool:
     if isinstance(module, nn.TransformerEncoderLayer):
         return True
-    return (isinstance(getattr(module, "self_attn", None), SelfAttention)
+    if (isinstance(getattr(module, "self_attn", None), SelfAttention)
             and isinstance(getattr(module, "linear1", None), nn.Linear)
-            and isinstance(getattr(module, "linear2", None), nn.Linear))
+            and isinstance(getattr(module, "linear2", None), nn.Linear)):
+        return True
+    return is_bert_layer(module)
+
+
+def _head_layout(block: nn.Module) -> tuple[int, int, nn.Linear]:
+    """(number of heads, features per head, the attention output projection) of a block."""
+    if is_bert_layer(block):
+        return bert_heads(block)
+    return block.self_attn.num_heads, block.self_attn.head_dim, block.self_attn.out_proj
+
+
+def _ffn_linears(block: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The FFN's (first, second) linears of a block: one row / one column per neuron."""
+    return bert_ffn(block) if is_bert_layer(block) else (block.linear1, block.linear2)
 
 
 def _is_slimmed(block: nn.Module) -> bool:
@@ -252,12 +282,12 @@ def _coefficients(count: int, group: str, like: torch.Tensor) -> ChannelCoeffici
 
 
 def _attach(block: nn.Module, heads: ChannelCoefficients, ffn: ChannelCoefficients) -> None:
-    """Register the coefficients on the block and scale the out-projection and linear2 columns by them."""
+    """Register the coefficients on the block and scale the out-projection and FFN output columns by them."""
     setattr(block, HEADS, heads)
     setattr(block, FFN, ffn)
-    parametrize.register_parametrization(block.self_attn.out_proj, "weight",
-                                         _ScaleColumns(heads, block.self_attn.head_dim))
-    parametrize.register_parametrization(block.linear2, "weight", _ScaleColumns(ffn, 1))
+    _, head_dim, out_projection = _head_layout(block)
+    parametrize.register_parametrization(out_projection, "weight", _ScaleColumns(heads, head_dim))
+    parametrize.register_parametrization(_ffn_linears(block)[1], "weight", _ScaleColumns(ffn, 1))
 
 
 def _keep_indices(model: nn.Module, channel_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -282,23 +312,45 @@ def _keep_indices(model: nn.Module, channel_masks: dict[str, torch.Tensor]) -> d
 
 
 def _prune_heads(block: nn.Module, heads: torch.Tensor) -> None:
-    attention = block.self_attn
-    if isinstance(attention, nn.MultiheadAttention):
-        attention = SelfAttention.from_multihead(attention)
-    block.self_attn = attention.select_heads(heads).train(block.training)
+    if is_bert_layer(block):
+        _, head_dim, output = bert_heads(block)
+        rows = _head_rows(heads, head_dim)
+        query, key, value = (_rows(linear, rows).train(block.training) for linear in bert_head_inputs(block))
+        set_bert_heads(block, query, key, value, _columns(output, rows).train(block.training))
+    else:
+        attention = block.self_attn
+        if isinstance(attention, nn.MultiheadAttention):
+            attention = SelfAttention.from_multihead(attention)
+        block.self_attn = attention.select_heads(heads).train(block.training)
     setattr(block, HEADS, _select_coefficients(getattr(block, HEADS), heads))
-    parametrize.register_parametrization(block.self_attn.out_proj, "weight",
-                                         _ScaleColumns(getattr(block, HEADS), block.self_attn.head_dim))
+    _, head_dim, output = _head_layout(block)
+    parametrize.register_parametrization(output, "weight", _ScaleColumns(getattr(block, HEADS), head_dim))
 
 
 def _prune_ffn(block: nn.Module, neurons: torch.Tensor) -> None:
-    first, second = block.linear1, block.linear2
-    block.linear1 = _linear(first.weight[neurons], None if first.bias is None else first.bias[neurons])
-    block.linear2 = _linear(_raw_weight(second)[:, neurons], second.bias)
-    block.linear1.train(block.training)
-    block.linear2.train(block.training)
+    first, second = _ffn_linears(block)
+    first, second = _rows(first, neurons).train(block.training), _columns(second, neurons).train(block.training)
+    if is_bert_layer(block):
+        set_bert_ffn(block, first, second)
+    else:
+        block.linear1, block.linear2 = first, second
     setattr(block, FFN, _select_coefficients(getattr(block, FFN), neurons))
-    parametrize.register_parametrization(block.linear2, "weight", _ScaleColumns(getattr(block, FFN), 1))
+    parametrize.register_parametrization(second, "weight", _ScaleColumns(getattr(block, FFN), 1))
+
+
+def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The inner feature indices of the given heads (head h owns h*head_dim .. (h+1)*head_dim)."""
+    return (heads.view(-1, 1) * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
+
+
+def _rows(linear: nn.Linear, rows: torch.Tensor) -> nn.Linear:
+    """A new nn.Linear with only these output rows (weight rows and bias entries)."""
+    return _linear(linear.weight[rows], None if linear.bias is None else linear.bias[rows])
+
+
+def _columns(linear: nn.Linear, columns: torch.Tensor) -> nn.Linear:
+    """A new nn.Linear with only these input columns of the stored (un-scaled) weight; same bias."""
+    return _linear(_raw_weight(linear)[:, columns], linear.bias)
 
 
 def _select_coefficients(coefficients: ChannelCoefficients, index: torch.Tensor) -> ChannelCoefficients:

@@ -136,6 +136,10 @@ class WORM(EarlyBird):
         if self.truncating:
             self._refresh_keep()
 
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {**super()._hyperparameters(), "trigger": self.trigger, "chi": self.chi, "static": self.static,
+                "truncate_filters": bool(self.filters), "trigger_epoch": self.trigger_epoch}
+
     def after_backward(self) -> None:
         """EarlyBird's L1 on gamma; once triggered, also scale static channels' gradients by chi."""
         if not self.truncating:

@@ -7,8 +7,9 @@ the argument, or returns the arguments the kernels may trust:
 
 - every tensor on one device (cpu or cuda), of the dtype the op takes;
 - shapes and list lengths that agree (no kernel can read or write out of bounds);
-- read-only inputs made contiguous (a copy when they are not: a strided view is never read as
-  if it were flat); in-place targets must already be contiguous (a copy would drop the update);
+- read-only inputs laid out in their in-place target's (or weight's) memory order, row-major or
+  channels_last (a copy when they are not: a strided view is never read as if it were flat);
+  in-place targets must already be contiguous or channels_last (a copy would drop the update);
 - scalars finite, counts and ranks in range.
 
 The contracts only read metadata, so they also run on fake tensors (``torch.compile`` tracing).
@@ -23,11 +24,14 @@ import torch
 from sparseticket.ops._validate import (
     FLOAT_DTYPES,
     check_contiguous,
+    check_flat_dense,
     check_float,
     check_int,
     check_same_shape,
     check_tensor,
     check_tensor_list,
+    in_order_of,
+    memory_order,
 )
 
 TRUNCATE_NAMES = ("grads", "keep", "params")
@@ -97,12 +101,12 @@ def truncate_grads_(grads: object, keep: object, params: object, scale: object, 
             check_tensor_list(grads_name, grads, FLOAT_DTYPES, device)
             check_tensor(f"{keep_name}[{index}]", mask, (torch.bool,), device)
         if not grad.is_contiguous():
-            check_contiguous(f"{grads_name}[{index}]", grad)
+            check_flat_dense(f"{grads_name}[{index}]", grad)
         shape, mask_shape = grad.shape, mask.shape
-        if mask_shape != shape and not (len(mask_shape) == 1 and (
-                (len(shape) >= 1 and mask_shape[0] == shape[0]) or mask_shape[0] == grad.numel())):
+        per_element = mask_shape == shape or (len(mask_shape) == 1 and mask_shape[0] == grad.numel())
+        if not per_element and not (len(mask_shape) == 1 and len(shape) >= 1 and mask_shape[0] == shape[0]):
             raise _keep_shape_error(index, mask, grad, names)
-        masks.append(_readable(mask))
+        masks.append(in_order_of(mask, grad) if per_element else _readable(mask))  # read in grad's order
     if params:
         param_dtype = check_tensor(f"{params_name}[0]", params[0], FLOAT_DTYPES, device).dtype
         for index in range(count):
@@ -115,8 +119,7 @@ def truncate_grads_(grads: object, keep: object, params: object, scale: object, 
                 check_tensor_list(params_name, params, FLOAT_DTYPES, device)
             if param.shape != grad.shape:
                 check_same_shape(f"{params_name}[{index}]", param, f"{grads_name}[{index}]", grad)
-            if not param.is_contiguous():
-                params[index] = param.contiguous()
+            params[index] = in_order_of(param, grad)
     return grads, masks, params, scale, l1
 
 
@@ -193,7 +196,8 @@ def gemminer_mask(weight: object, scores: object, flags: object) -> tuple:
     check_tensor("weight", weight, FLOAT_DTYPES)
     _check_like("scores", scores, FLOAT_DTYPES, "weight", weight)
     _check_like("flags", flags, (torch.bool,), "weight", weight)
-    return _readable(weight), _readable(scores), _readable(flags)
+    weight = weight if memory_order(weight) is not None else weight.contiguous()
+    return weight, in_order_of(scores, weight), in_order_of(flags, weight)
 
 
 def gemminer_mask_backward(grad: object, weight: object, scores: object, flags: object, need_weight: object,
@@ -206,7 +210,9 @@ def gemminer_mask_backward(grad: object, weight: object, scores: object, flags: 
     for name, value in (("need_weight", need_weight), ("need_scores", need_scores)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return _readable(grad), _readable(weight), _readable(scores), _readable(flags), need_weight, need_scores
+    weight = weight if memory_order(weight) is not None else weight.contiguous()
+    return (in_order_of(grad, weight), weight, in_order_of(scores, weight), in_order_of(flags, weight),
+            need_weight, need_scores)
 
 
 def gemminer_step_(scores: object, grads: object, momentum_buffer: object, flags: object, lr: object,

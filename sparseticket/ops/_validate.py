@@ -73,6 +73,39 @@ def check_contiguous(name: str, tensor: torch.Tensor) -> None:
                          f"call .contiguous() on it first")
 
 
+def memory_order(tensor: torch.Tensor) -> str | None:
+    """How a tensor lays out its elements when a kernel may treat its memory as one flat range:
+    ``"row-major"``, ``"channels_last"`` or ``"channels_last_3d"`` (dim 0, the output channels,
+    stays outermost, so per-channel masks still apply); None for any other strides. A tensor in
+    both orders (size-1 dims) is row-major: two tensors of one shape then compare equal exactly
+    when their element orders agree."""
+    if tensor.is_contiguous():
+        return "row-major"
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    if tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d):
+        return "channels_last_3d"
+    return None
+
+
+def check_flat_dense(name: str, tensor: torch.Tensor) -> None:
+    """In-place targets must be contiguous or channels_last (a copy would silently drop the update)."""
+    if memory_order(tensor) is None:
+        raise ValueError(f"{name} must be contiguous or channels_last (it is updated in place); "
+                         f"call .contiguous() on it first")
+
+
+def in_order_of(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A read-only input (``like``'s shape, or flat with its numel in row-major order) laid out in
+    ``like``'s memory order: the tensor itself when it already is (no copy), else a copy."""
+    order = memory_order(like)
+    if tensor.shape == like.shape and order is not None and memory_order(tensor) == order:
+        return tensor
+    if order in (None, "row-major"):
+        return tensor if tensor.is_contiguous() else tensor.contiguous()
+    return torch.empty_like(like, dtype=tensor.dtype).copy_(tensor.reshape(like.shape))
+
+
 def check_float(name: str, value: object) -> float:
     """A finite Python number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

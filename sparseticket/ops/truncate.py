@@ -97,11 +97,14 @@ class TruncationPlan:
         names = ("params", "keep", "l1_params")
         self._params, self._keep, self._l1_params, _, _ = contracts.truncate_grads_(
             params, keep, l1_params if self._l1 != 0.0 else None, self._scale, self._l1, names)
-        # the contract copies non-contiguous masks and sign tensors: a plan would then read stale copies
+        # the contract copies masks and sign tensors not laid out like their parameter: a plan would
+        # then read stale copies
         for name, given, kept in (("keep", keep, self._keep), ("l1_params", l1_params or [], self._l1_params)):
             for index, (original, used) in enumerate(zip(given, kept)):
                 if used is not original:
-                    raise ValueError(f"{name}[{index}] must be contiguous: the plan reads it at every call")
+                    raise ValueError(f"{name}[{index}] must be contiguous and in the memory format of params[{index}] "
+                                     "(channels_last parameters need channels_last masks, e.g. "
+                                     "torch.ones_like(param, dtype=torch.bool)): the plan reads it at every call")
         self._device = self._params[0].device if self._params else None
         extension = cpp_extension()
         # On CPU with the C++ kernels, a call is one C++ method: it reads the .grad of every
