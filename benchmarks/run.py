@@ -78,7 +78,7 @@ def tables(report: dict) -> tuple[str, dict[str, dict[str, float]]]:
 
 
 STEP_TARGETS = {"earlybird": "< 0.5%", "worm_truncating": "< 0.5%", "imp": "< 2%", "gemminer": "<= 15%"}
-STEP_ORDER = ("resnet50", "bert_base", "resnet20", "vgg_small", "mlp2", "mlp8", "mlp32")
+STEP_ORDER = ("resnet50", "resnet50_channels_last", "bert_base", "resnet20", "vgg_small", "mlp2", "mlp8", "mlp32")
 
 
 def _step_tables(steps: dict[str, dict[str, dict]]) -> list[str]:

@@ -18,7 +18,8 @@ one dense step), so slow drifts of the machine hit both alike. ``extra_info`` ke
   far below it.
 
 Models (batch and input kept small so a step stays well under a second on 2 cores):
-ResNet-50 (Hugging Face ``ResNetForImageClassification``, 1000 classes, batch 4 at 64x64),
+ResNet-50 (Hugging Face ``ResNetForImageClassification``, 1000 classes, batch 4 at 64x64; also
+in ``channels_last``),
 BERT-base shapes (the package's transformer with 12 blocks, width 768, 12 heads, FFN 3072, 128
 tokens, batch 1; EarlyBird/WORM slim it with ``attach_slimming``), ResNet-20 (batch 64 at 32x32)
 and the built-in small VGG (digits, batch 64). ``test_gemminer_step_by_depth`` sets Gem-Miner
@@ -42,7 +43,7 @@ from sparseticket.experiments.models import resnet20, vgg_small
 from sparseticket.experiments.transformer_model import TinyTransformer
 from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, attach_slimming
 
-ROUNDS = {"resnet50": 30, "bert_base": 16, "resnet20": 30, "vgg_small": 300}
+ROUNDS = {"resnet50": 30, "resnet50_channels_last": 30, "bert_base": 16, "resnet20": 30, "vgg_small": 300}
 METHODS = ("earlybird", "worm_truncating", "imp", "gemminer")
 
 
@@ -73,6 +74,13 @@ def _resnet50() -> Case:
                 torch.randint(0, 1000, (4,), generator=generator))
 
 
+def _resnet50_channels_last() -> Case:
+    """ResNet-50 as above in ``channels_last`` (weights and inputs): the methods' masks follow."""
+    case = _resnet50()
+    return Case(lambda: case.build().to(memory_format=torch.channels_last),
+                case.inputs.to(memory_format=torch.channels_last), case.labels)
+
+
 def _bert_base() -> Case:
     generator = torch.Generator().manual_seed(0)
     tokens, token_dim = 128, 64
@@ -95,7 +103,8 @@ def _vgg_small() -> Case:
     return Case(vgg_small, data.train_images[:64], data.train_labels[:64])
 
 
-CASES = {"resnet50": _resnet50, "bert_base": _bert_base, "resnet20": _resnet20, "vgg_small": _vgg_small}
+CASES = {"resnet50": _resnet50, "resnet50_channels_last": _resnet50_channels_last, "bert_base": _bert_base,
+         "resnet20": _resnet20, "vgg_small": _vgg_small}
 
 
 def _optimizer(model: nn.Module) -> torch.optim.Optimizer:

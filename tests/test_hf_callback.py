@@ -167,8 +167,8 @@ def test_earlybird_through_trainer_equals_reference_loop_and_stops_when_drawn(tm
     assert recording.method.epoch == found and trainer.state.epoch == found
     assert recording.calls.count("epoch_end") == found
     # the ticket was written to output_dir and loads back
-    assert callback.ticket_path == os.path.join(str(tmp_path), "ticket.safetensors")
-    ticket = Ticket.load(callback.ticket_path)
+    assert callback.saved_path == os.path.join(str(tmp_path), "ticket.safetensors")
+    ticket = Ticket.load(callback.saved_path)
     assert ticket.method == "earlybird" and ticket.hyperparameters["found_epoch"] == found
     assert_masks_equal([ticket.channel_masks], [reference.channel_mask()])
 

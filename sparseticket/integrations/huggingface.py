@@ -148,7 +148,7 @@ class SparseTicketCallback(TrainerCallback):
         self.ticket_name = ticket_name
         self.resume = resume
         self.optimizer: Any = None  # the Trainer's optimizer, kept from on_train_begin
-        self.ticket_path: str | None = None  # where the ticket was last written
+        self.saved_path: str | None = None  # where the ticket was last written
         self.loaded_from: str | None = None  # the method state file last loaded
         self.skipped_steps = 0  # fp16 steps whose gradients overflowed: after_backward skipped
         self._pending_load = False  # load() ran since the last train(): no automatic lookup
@@ -284,5 +284,5 @@ class SparseTicketCallback(TrainerCallback):
         ticket = self.method.ticket()  # on every rank: collective for a sharded IMP
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
-            self.ticket_path = os.path.join(args.output_dir, self.ticket_name)
-            ticket.save(self.ticket_path)
+            self.saved_path = os.path.join(args.output_dir, self.ticket_name)
+            ticket.save(self.saved_path)
