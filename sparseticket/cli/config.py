@@ -27,8 +27,11 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     epochs: int = 30
-    finetune_epochs: int = 10
+    finetune_epochs: int = 30
     finetune_lr: float = 0.01
+    lr_schedule: str = "step"  # dense training's schedule: "constant", "step" (x0.1 at 50% and 75%), "cosine"
+    warmup_epochs: int = 0  # linear warm-up of the dense training's learning rate
+    augment: bool = False  # digits: random affine (+-1 px, +-15 deg) and Gaussian noise 0.1 while training
     # EarlyBird / WORM
     ratio: float = 0.5
     l1: float = 1e-4
@@ -44,7 +47,7 @@ class RunConfig:
     l2: float = 1e-4
     score_lr: float = 10.0
     rate: float = 0.2
-    rewind_step: int = 0
+    rewind_step: str = "0"  # IMP: "500it" (iterations), "2ep" (epochs) or a bare number of iterations
     round_epochs: int = 5
 
     def to_json(self) -> str:
@@ -59,6 +62,8 @@ class RunConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"config has unknown keys: {', '.join(sorted(unknown))}")
+        if isinstance(values.get("rewind_step"), int):  # configs written before "500it"/"2ep"
+            values["rewind_step"] = str(values["rewind_step"])
         return cls(**values)
 
     def digest(self) -> str:

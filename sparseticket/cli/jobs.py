@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,6 +13,9 @@ from torch import nn
 
 from sparseticket.cli.config import RunConfig
 from sparseticket.experiments.data import Split
+from sparseticket.experiments.training import accuracy_at_pruning
+from sparseticket.experiments.schedules import lr_scheduler, parse_rewind_step
+from sparseticket.experiments.training import evaluate
 from sparseticket.methods import (
     IMP,
     WORM,
@@ -38,21 +42,46 @@ def sgd(model: nn.Module, lr: float, config: RunConfig) -> torch.optim.SGD:
                            momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def dense_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The dense training's LR schedule (``--lr-schedule``, ``--warmup-epochs``) over ``total_steps``
+    iterations, stepped once per iteration."""
+    return lr_scheduler(optimizer, config.lr_schedule, total_steps, config.warmup_epochs * steps_per_epoch)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one search epoch trains on: the loader's epoch index (its shuffle seed) and how many
+    of that epoch's first batches it skips (a round that starts mid-epoch, at the rewind step)."""
+
+    data_epoch: int
+    skip: int = 0
+
+
 class Job:
     """The search phase of one method. Subclasses fill in the hooks."""
 
     search_epochs: int = 0
 
-    def __init__(self, config: RunConfig, model: nn.Module, data: Split) -> None:
+    def __init__(self, config: RunConfig, model: nn.Module, data: Split, steps_per_epoch: int | None = None) -> None:
         self.config, self.model, self.data = config, model, data
+        self.steps_per_epoch = (steps_per_epoch if steps_per_epoch is not None
+                                else math.ceil(len(data.train_labels) / config.batch_size))
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The data of search epoch ``epoch`` (1-based): by default that epoch's shuffle, whole."""
+        return EpochPlan(epoch)
 
     def after_backward(self) -> None:
         """Between backward and the optimizer step."""
 
     def step(self) -> None:
-        """The optimizer step (and what follows it)."""
+        """The optimizer step (and what follows it), then the LR schedule's step."""
         self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def epoch_end(self, epoch: int) -> tuple[bool, dict]:
         """After epoch ``epoch`` (1-based): (search finished?, metrics for the log)."""
@@ -84,8 +113,8 @@ class Job:
 class ChannelJob(Job):
     """EarlyBird or WORM: train with the L1 hook until the mask queue is stable."""
 
-    def __init__(self, config: RunConfig, model: nn.Module, data: Split) -> None:
-        super().__init__(config, model, data)
+    def __init__(self, config: RunConfig, model: nn.Module, data: Split, steps_per_epoch: int | None = None) -> None:
+        super().__init__(config, model, data, steps_per_epoch)
         if config.model == "transformer":
             attach_slimming(model)  # per-head and per-FFN-neuron coefficients play gamma's role
         common = {"ratio": config.ratio, "l1": config.l1, "queue": config.queue, "eps": config.eps}
@@ -95,6 +124,8 @@ class ChannelJob(Job):
         else:
             self.method = EarlyBird(model, **common)
         self.optimizer = sgd(model, config.lr, config)
+        self.scheduler = dense_scheduler(self.optimizer, config, config.epochs * self.steps_per_epoch,
+                                         self.steps_per_epoch)
         self.search_epochs = config.epochs
 
     def after_backward(self) -> None:
@@ -107,7 +138,11 @@ class ChannelJob(Job):
                    "mean_distance": sum(distances) / len(distances) if distances else float("nan")}
         if isinstance(self.method, WORM):
             metrics["truncating"] = int(self.method.truncating)
-        return found or epoch >= self.search_epochs, metrics
+        done = found or epoch >= self.search_epochs
+        if done:  # the drawn (or last) mask applied to a copy: costs about one forward pass over the data
+            pruning = accuracy_at_pruning(self.model, self.method.channel_mask(), self.data)
+            metrics.update({key: round(value, 6) for key, value in pruning.items()})
+        return done, metrics
 
     def ticket(self) -> Ticket:
         hyperparameters = {"ratio": self.config.ratio, "l1": self.config.l1, "queue": self.config.queue,
@@ -129,8 +164,8 @@ class ChannelJob(Job):
 class GemMinerJob(Job):
     """Gem-Miner: mine scores for ``epochs`` epochs with the fused score step."""
 
-    def __init__(self, config: RunConfig, model: nn.Module, data: Split) -> None:
-        super().__init__(config, model, data)
+    def __init__(self, config: RunConfig, model: nn.Module, data: Split, steps_per_epoch: int | None = None) -> None:
+        super().__init__(config, model, data, steps_per_epoch)
         self.method = GemMiner(model, density=config.density, epochs=config.epochs, period=config.period,
                                l2=config.l2, lr=config.score_lr, momentum=config.momentum, seed=config.seed)
         self.search_epochs = config.epochs
@@ -154,17 +189,43 @@ class GemMinerJob(Job):
 
 
 class IMPJob(Job):
-    """IMP: ``round_epochs`` of training per round, prune ``rate`` of the survivors, rewind."""
+    """IMP with rewinding as open_lth runs it. A round is T = ``round_epochs`` epochs of steps under
+    one LR schedule. Round 1 trains steps 0..T-1 from the initial weights and captures the weights,
+    the optimizer and the scheduler at step k (``rewind_step``); every later round rewinds all three
+    to step k and trains steps k..T-1 only. The data of step s is batch ``s % steps_per_epoch`` of
+    the shuffle of epoch ``s // steps_per_epoch`` of the round, so every round sees at step s the
+    batch and the LR that round 1 saw. A search epoch is one epoch of a round, the first of a
+    later round starting mid-epoch when k is not a whole number of epochs; each ends in a
+    checkpoint, and the last of a round prunes ``rate`` of the survivors and rewinds."""
 
-    def __init__(self, config: RunConfig, model: nn.Module, data: Split) -> None:
-        super().__init__(config, model, data)
-        self.method = IMP(model, rate=config.rate, rewind_step=config.rewind_step)
+    def __init__(self, config: RunConfig, model: nn.Module, data: Split, steps_per_epoch: int | None = None) -> None:
+        super().__init__(config, model, data, steps_per_epoch)
+        per_epoch = self.steps_per_epoch
+        self.round_steps = config.round_epochs * per_epoch
+        self.rewind_at = parse_rewind_step(config.rewind_step, per_epoch, self.round_steps)
+        self.method = IMP(model, rate=config.rate, rewind_step=self.rewind_at)
         self.optimizer = sgd(model, config.lr, config)
+        self.scheduler = dense_scheduler(self.optimizer, config, self.round_steps, per_epoch)
         self.rounds = max(1, math.ceil(math.log(config.density) / math.log(1 - config.rate)))
-        self.search_epochs = self.rounds * config.round_epochs
-        self.steps = 0
-        if config.rewind_step == 0:
-            self.method.capture(self.optimizer)
+        start = self.rewind_at // per_epoch  # a later round's first epoch, from batch k % per_epoch
+        later = [(epoch, self.rewind_at % per_epoch if epoch == start else 0)
+                 for epoch in range(start, config.round_epochs)]
+        self.units = [(1, epoch, 0) for epoch in range(config.round_epochs)]  # (round, epoch in it, skip)
+        self.units += [(round_, epoch, skip) for round_ in range(2, self.rounds + 1) for epoch, skip in later]
+        self.search_epochs = len(self.units)
+        self.position = 0  # the round's next step s (its global iteration)
+        if self.rewind_at == 0:
+            self.method.capture(self.optimizer, self.scheduler)
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """Epoch e of a round (every round alike) reads the shuffle of e, from its rewind batch on."""
+        _, round_epoch, skip = self.units[epoch - 1]
+        return EpochPlan(round_epoch + 1, skip)
+
+    @property
+    def search_steps(self) -> int:
+        """Training iterations of the whole search: T, then T - k per later round."""
+        return self.round_steps + (self.rounds - 1) * (self.round_steps - self.rewind_at)
 
     def after_backward(self) -> None:
         self.method.after_backward()
@@ -172,15 +233,25 @@ class IMPJob(Job):
     def step(self) -> None:
         self.optimizer.step()
         self.method.after_step()
-        self.steps += 1
-        if self.steps == self.config.rewind_step and self.method.round == 0:
-            self.method.capture(self.optimizer)
+        self.scheduler.step()
+        self.position += 1
+        if self.position == self.rewind_at and self.method.round == 0:
+            self.method.capture(self.optimizer, self.scheduler)
 
     def epoch_end(self, epoch: int) -> tuple[bool, dict]:
-        if epoch % self.config.round_epochs == 0:
+        round_, round_epoch, skip = self.units[epoch - 1]
+        first, last = round_epoch * self.steps_per_epoch + skip, (round_epoch + 1) * self.steps_per_epoch - 1
+        if self.position != last + 1:
+            raise RuntimeError(f"IMP: search epoch {epoch} (round {round_}) ended at step {self.position}, "
+                               f"expected {last + 1}")
+        metrics = {"round": round_, "first_step": first, "last_step": last, "trained_density": self.method.density}
+        if round_epoch == self.config.round_epochs - 1:  # the round's end (the row's test accuracy: rewound)
+            trained = evaluate(self.model, self.data, ndigits=6)
+            metrics.update({f"round_{key}": value for key, value in trained.items()})
             self.method.prune_round(min_density=self.config.density)  # the last round lands on it
             self.method.rewind()
-        return epoch >= self.search_epochs, {"density": self.method.density, "round": self.method.round}
+            self.position = self.rewind_at
+        return epoch >= self.search_epochs, {**metrics, "density": self.method.density}
 
     def ticket(self) -> Ticket:
         return self.method.ticket()
@@ -190,11 +261,14 @@ class IMPJob(Job):
         return self.model, ticket.gradient_mask(self.model)
 
     def state_dict(self) -> dict:
-        return {"imp": self.method.state_dict(), "steps": self.steps}
+        return {"imp": self.method.state_dict(), "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.method.load_state_dict(state["imp"], optimizer=self.optimizer)
-        self.steps = state["steps"]
+        if "position" not in state:
+            raise ValueError("IMP checkpoint from an older version (rounds were whole epochs then): "
+                             "delete checkpoint.pt to restart the search")
+        self.method.load_state_dict(state["imp"], optimizer=self.optimizer, scheduler=self.scheduler)
+        self.position = state["position"]
 
 
 class BaselineJob(Job):
@@ -215,12 +289,13 @@ class BaselineJob(Job):
         return makers[config.method]()
 
 
-def make_job(config: RunConfig, model: nn.Module, data: Split) -> Job:
-    """The job of ``config.method``."""
+def make_job(config: RunConfig, model: nn.Module, data: Split, steps_per_epoch: int | None = None) -> Job:
+    """The job of ``config.method``; ``steps_per_epoch``: this rank's batches per epoch (default:
+    one process's, from the training set and ``config.batch_size``)."""
     if config.method in ("earlybird", "worm"):
-        return ChannelJob(config, model, data)
+        return ChannelJob(config, model, data, steps_per_epoch)
     if config.method == "gemminer":
-        return GemMinerJob(config, model, data)
+        return GemMinerJob(config, model, data, steps_per_epoch)
     if config.method == "imp":
-        return IMPJob(config, model, data)
-    return BaselineJob(config, model, data)
+        return IMPJob(config, model, data, steps_per_epoch)
+    return BaselineJob(config, model, data, steps_per_epoch)

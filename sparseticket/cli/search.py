@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from sparseticket.cli.files import (
 from sparseticket.cli.jobs import make_job
 from sparseticket.experiments.datasets import load_dataset
 from sparseticket.experiments.models import build_model
-from sparseticket.experiments.training import accuracy
+from sparseticket.experiments.training import accuracy, evaluate
 from sparseticket.methods import Ticket
 
 Log = Callable[[str], None]
@@ -58,14 +59,17 @@ class SearchResult:
     extra: dict = field(default_factory=dict)
 
 
-def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, progress: bool, label: str
-                 ) -> tuple[float, int]:
-    """One epoch; returns (sum of the losses, examples) on this rank."""
+def _train_epoch(model: nn.Module, loader, optimizer, after_backward, step, progress: bool, label: str,
+                 skip: int = 0) -> tuple[float, int]:
+    """One epoch, from its batch ``skip`` on (the earlier ones are drawn and dropped, so the
+    rest are the whole epoch's); returns (sum of the losses, examples) on this rank."""
     from tqdm import tqdm
 
     model.train()
     total, count = 0.0, 0
-    for images, labels in tqdm(loader, desc=label, leave=False, disable=not progress):
+    batches = islice(loader, skip, None) if skip else loader
+    for images, labels in tqdm(batches, desc=label, leave=False, disable=not progress,
+                               total=max(len(loader) - skip, 0)):
         if optimizer is not None:
             optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(images), labels)
@@ -118,6 +122,13 @@ class Search:
         size = self.config.batch_size if batch_size is None else max(world, batch_size - batch_size % world)
         return self.data.sharded_loader(size, seed, self.processes.rank, world)
 
+    def _steps_per_epoch(self) -> int:
+        """Batches per epoch on this rank (what ``len(self._loader(seed))`` is, without building one):
+        ``DistributedSampler`` pads the training set to a multiple of the number of processes."""
+        world = self.processes.world_size
+        per_rank = -(-len(self.data.train_labels) // world)
+        return -(-per_rank // (self.config.batch_size // world))
+
     def _epoch_loss(self, total_and_count: tuple[float, int]) -> float:
         return global_mean(*total_and_count, self.processes)
 
@@ -137,7 +148,8 @@ class Search:
         self._write(self._remove_leftovers)
         self._write(lambda: write_text(run_dir / "config.json", config.to_json()))
         start = time.perf_counter()
-        data = self.data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed).to(self.device)
+        data = self.data = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed,
+                                        augment=config.augment).to(self.device)
         torch.manual_seed(config.seed)
         model = self._model(data)
         if (run_dir / "init.pt").exists():
@@ -145,7 +157,7 @@ class Search:
         else:  # every rank built the same seeded model; rank 0 keeps it for --resume
             self._write(lambda: save_checkpoint(run_dir / "init.pt", model.state_dict()))
         initial = {key: value.clone() for key, value in model.state_dict().items()}
-        job = make_job(config, model, data)
+        job = make_job(config, model, data, steps_per_epoch=self._steps_per_epoch())
         job.batch_loader = self._loader
         job.fresh_model = lambda: self._model(data)
         state = load_checkpoint(self.checkpoint_path, self.device) if self.checkpoint_path.exists() else None
@@ -158,6 +170,8 @@ class Search:
                 model.load_state_dict(state["model"])
                 if job.optimizer is not None:
                     job.optimizer.load_state_dict(state["optimizer"])
+                if job.scheduler is not None and state.get("scheduler"):
+                    job.scheduler.load_state_dict(state["scheduler"])
                 job.load_state_dict(state["method"])
                 first = state["epoch"] + 1
                 self.log(f"resuming {run_dir.name} at search epoch {first}")
@@ -167,17 +181,19 @@ class Search:
             search_start = time.perf_counter()
             while not done and epoch < job.search_epochs:
                 epoch += 1
+                plan = job.plan(epoch)
                 loss = self._epoch_loss(_train_epoch(
-                    self._network(model), self._loader(config.seed * 100_003 + epoch), job.optimizer,
-                    job.after_backward, job.step, self.progress, f"search {epoch}/{job.search_epochs}"))
+                    self._network(model), self._loader(config.seed * 100_003 + plan.data_epoch), job.optimizer,
+                    job.after_backward, job.step, self.progress, f"search {epoch}/{job.search_epochs}", plan.skip))
                 done, metrics = job.epoch_end(epoch)
                 row = {"phase": "search", "epoch": epoch, "loss": round(loss, 6),
-                       "test_accuracy": round(accuracy(model, data.test_loader()), 6), **metrics}
+                       **evaluate(model, data, ndigits=6), **metrics}
                 rows.append(row)
                 self._log_row(row, job.search_epochs, search_start, first)
                 checkpoint = {
                     "phase": "search", "epoch": epoch, "model": model.state_dict(),
                     "optimizer": job.optimizer.state_dict() if job.optimizer is not None else {},
+                    "scheduler": job.scheduler.state_dict() if job.scheduler is not None else {},
                     "method": job.state_dict(), "rows": rows, "search_done": done}
                 self._write(lambda: save_checkpoint(self.checkpoint_path, checkpoint))
             search_done_epoch = epoch
@@ -210,7 +226,7 @@ class Search:
                 self._network(finetuned), self._loader(config.seed * 100_003 + 50_000 + epoch), optimizer,
                 hook, optimizer.step, self.progress, f"fine-tune {epoch}/{config.finetune_epochs}"))
             row = {"phase": "finetune", "epoch": epoch, "loss": round(loss, 6),
-                   "test_accuracy": round(accuracy(finetuned, data.test_loader()), 6)}
+                   **evaluate(finetuned, data, ndigits=6)}
             rows.append(row)
             self._log_row(row, config.finetune_epochs, finetune_start, first)
             checkpoint = {"phase": "finetune", "epoch": epoch, "model": finetuned.state_dict(),
@@ -222,6 +238,8 @@ class Search:
         report = getattr(job, "prune_report", None)
         if report is not None:
             extra["prune_report"] = report
+        if hasattr(job, "search_steps"):  # IMP: later rounds start mid-round, so epochs count partial ones
+            extra["search_steps"], extra["steps_per_epoch"] = job.search_steps, job.steps_per_epoch
         if hasattr(job, "method") and hasattr(job.method, "history"):
             extra["history"] = job.method.history
             extra["found_epoch"] = job.method.found_epoch
@@ -231,11 +249,15 @@ class Search:
 
     def _log_row(self, row: dict, epochs: int, start: float, first: int) -> None:
         elapsed = time.perf_counter() - start
-        parts = [f"{row['phase']} {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}",
-                 f"acc {row['test_accuracy']:.3f}"]
+        parts = [f"{row['phase']} {row['epoch']}/{epochs}"]
+        if "round" in row:
+            parts.append(f"round {row['round']} steps {row['first_step']}-{row['last_step']}")
+        parts += [f"loss {row['loss']:.4f}", f"acc {row['test_accuracy']:.3f}"]
         for key in ("density", "mask_density", "max_distance", "mean_distance"):
             if key in row:
                 parts.append(f"{key.replace('_', ' ')} {row[key]:.3f}")
+        if "round_test_accuracy" in row:
+            parts.append(f"acc before pruning {row['round_test_accuracy']:.3f}")
         if "truncating" in row:
             parts.append("truncating" if row["truncating"] else "not truncating")
         remaining = elapsed / max(row["epoch"] - first + 1, 1) * (epochs - row["epoch"])

@@ -2,31 +2,54 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from sparseticket.experiments.augment import augment_digits, distorted_test_images
+
+AUGMENT_SEED_OFFSET = 0x5EED_A06  # the distortions of a loader seeded s come from seed s + this
+
 
 @dataclass
 class Split:
-    """Train and test tensors of one dataset: images [N, 1, 8, 8] in [0, 1], labels [N]."""
+    """Train and test tensors of one dataset: images [N, 1, 8, 8] in [0, 1], labels [N].
+
+    With ``augment`` on, every training loader yields distorted copies of the training images
+    (``augment_digits``, drawn from the loader's seed: the same seed gives the same batches), and
+    ``distorted_test_images`` holds a fixed distorted copy of the test set.
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: int
+    augment: bool = False
+    distorted_test_images: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Split:
         """The same split with every tensor on ``device``."""
+        distorted = None if self.distorted_test_images is None else self.distorted_test_images.to(device)
         return Split(self.train_images.to(device), self.train_labels.to(device), self.test_images.to(device),
-                     self.test_labels.to(device), self.classes)
+                     self.test_labels.to(device), self.classes, self.augment, distorted)
+
+    def augmented(self) -> Split:
+        """The same split with training-time distortions on and a distorted copy of the test set."""
+        return replace(self, augment=True, distorted_test_images=distorted_test_images(self.test_images))
+
+    def training_images(self, seed: int) -> torch.Tensor:
+        """What the loaders of ``seed`` train on: the images, or (``augment``) their distorted copy for that seed."""
+        if not self.augment:
+            return self.train_images
+        generator = torch.Generator().manual_seed(seed + AUGMENT_SEED_OFFSET)
+        return augment_digits(self.train_images, generator)
 
     def train_loader(self, batch_size: int = 64, seed: int = 0) -> DataLoader:
-        """Shuffled training batches; the order is fixed by ``seed``."""
+        """Shuffled training batches; the order (and, with ``augment``, the distortions) is fixed by ``seed``."""
         generator = torch.Generator().manual_seed(seed)
-        return DataLoader(TensorDataset(self.train_images, self.train_labels), batch_size=batch_size,
+        return DataLoader(TensorDataset(self.training_images(seed), self.train_labels), batch_size=batch_size,
                           shuffle=True, generator=generator)
 
     def sharded_loader(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -35,20 +58,28 @@ class Split:
         The shuffled order depends on ``seed`` only, not on ``world_size``: the union of the ranks'
         i-th batches is the i-th batch of a single-process run (``world_size=1``) with the same seed
         (when the training set divides evenly; else the sampler repeats up to ``world_size - 1``
-        samples so that every rank gets as many).
+        samples so that every rank gets as many). With ``augment``, every rank distorts the whole
+        training set from the same seed, so each example's distortion does not depend on the rank either.
         """
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         if batch_size < world_size or batch_size % world_size:
             raise ValueError(f"batch_size (the global batch) must be a multiple of the number of processes "
                              f"({world_size}), got {batch_size}")
-        dataset = TensorDataset(self.train_images, self.train_labels)
+        dataset = TensorDataset(self.training_images(seed), self.train_labels)
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler)
 
     def test_loader(self, batch_size: int = 512) -> DataLoader:
         """Test batches in order."""
         return DataLoader(TensorDataset(self.test_images, self.test_labels), batch_size=batch_size)
+
+    def distorted_test_loader(self, batch_size: int = 512) -> DataLoader:
+        """Batches of the distorted test set in order; ValueError if the split has none (``augmented()``)."""
+        if self.distorted_test_images is None:
+            raise ValueError("this split has no distorted test set: build it with Split.augmented() "
+                             "(the CLI's --augment)")
+        return DataLoader(TensorDataset(self.distorted_test_images, self.test_labels), batch_size=batch_size)
 
 
 def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> Split:

@@ -24,8 +24,19 @@ class DatasetUnavailable(Exception):
     """The dataset cannot be loaded here: torchvision is missing, or its files are not under data_dir."""
 
 
-def load_dataset(name: str = "digits", *, data_dir: str | Path | None = None, seed: int = 0) -> Split:
-    """The named dataset (see ``DATASETS``) as float images in [0, 1] and int64 labels; ``seed`` fixes random splits."""
+def load_dataset(name: str = "digits", *, data_dir: str | Path | None = None, seed: int = 0,
+                 augment: bool = False) -> Split:
+    """The named dataset (see ``DATASETS``) as float images in [0, 1] and int64 labels; ``seed`` fixes random splits.
+
+    ``augment``: training loaders distort the images (random affine and noise, ``Split.augmented``)
+    and the split carries a fixed distorted copy of the test set.
+    """
+    split = _load(name, data_dir, seed)
+    return split.augmented() if augment else split
+
+
+def _load(name: str, data_dir: str | Path | None, seed: int) -> Split:
+    """The named dataset, undistorted."""
     if name == "digits":
         return load_digits_split(seed=seed)
     if name in _CIFAR_FOLDERS:

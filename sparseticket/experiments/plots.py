@@ -1,4 +1,5 @@
-"""PNG plots of ticket-search runs: mask distances per epoch, accuracy vs density, per-layer densities.
+"""PNG plots of ticket-search runs: mask distances per epoch, accuracy vs density (error bars over seeds),
+found epochs over seeds, per-layer densities.
 
 Needs matplotlib (imported lazily, Agg canvas; no pyplot state). Each function writes its PNG atomically
 (a temp file in the same directory, then ``os.replace``) and returns the path.
@@ -52,23 +53,37 @@ def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop
     return _save(figure, path)
 
 
-def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, float]]], path: str | Path, *,
+def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, ...]]], path: str | Path, *,
                              title: str = "Test accuracy vs density") -> Path:
-    """One line per method: test accuracy (fraction in [0, 1]) against density (fraction in (0, 1], log x-axis)."""
+    """One line per method: test accuracy (fraction in [0, 1]) against density (fraction in (0, 1], log x-axis).
+
+    A point is ``(density, accuracy)`` or ``(density, accuracy, std)``: the third value (std over seeds,
+    a fraction; None or 0 for one seed) is drawn as an error bar.
+    """
     if not results or any(not points for points in results.values()):
         raise ValueError("results must map at least one method to at least one (density, accuracy) point")
     for method, points in results.items():
-        if any(not 0 < density <= 1 or not 0 <= accuracy <= 1 for density, accuracy in points):
+        if any(len(point) not in (2, 3) for point in points):
+            raise ValueError(f"{method}: points must be (density, accuracy) or (density, accuracy, std), got {points}")
+        if any(not 0 < point[0] <= 1 or not 0 <= point[1] <= 1 for point in points):
             raise ValueError(f"{method}: densities must be fractions in (0, 1] and accuracies in [0, 1], got {points}")
+        if any(len(point) == 3 and point[2] is not None and not 0 <= point[2] < math.inf for point in points):
+            raise ValueError(f"{method}: std must be a finite fraction >= 0 or None, got {points}")
     figure = _figure(figsize=(6.5, 4.5))
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     axis = figure.subplots()
     for method, points in results.items():
-        densities, accuracies = zip(*sorted(points, reverse=True))
-        axis.plot([100 * d for d in densities], [100 * a for a in accuracies], "o-", label=method)
+        ordered = sorted(points, key=lambda point: point[0], reverse=True)
+        densities = [100 * point[0] for point in ordered]
+        accuracies = [100 * point[1] for point in ordered]
+        errors = [100 * (point[2] or 0.0) if len(point) == 3 else 0.0 for point in ordered]
+        if any(errors):
+            axis.errorbar(densities, accuracies, yerr=errors, fmt="o-", capsize=4, label=f"{method} (mean ± std)")
+        else:
+            axis.plot(densities, accuracies, "o-", label=method)
     axis.set_xscale("log")
-    lowest = min(100 * density for points in results.values() for density, _ in points)
+    lowest = min(100 * point[0] for points in results.values() for point in points)
     axis.xaxis.set_major_locator(FixedLocator(_one_two_five(lowest)))
     axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
     axis.xaxis.set_minor_formatter(NullFormatter())
@@ -79,6 +94,35 @@ def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, float]]
     axis.set_title(title)
     axis.grid(alpha=0.3, which="both")
     axis.legend()
+    return _save(figure, path)
+
+
+def plot_found_epochs(epochs: Mapping[str, Sequence[float]], path: str | Path, *, full_queue: int | None = None,
+                      title: str = "Epoch the ticket was drawn") -> Path:
+    """One bar per method: mean epoch the ticket was drawn, std over seeds as an error bar, each seed a dot.
+
+    ``full_queue`` (the first epoch the queue is full, the earliest possible ticket) is drawn as a line.
+    """
+    if not epochs or any(not values for values in epochs.values()):
+        raise ValueError("epochs must map at least one method to at least one found epoch")
+    if any(not 0 < value < math.inf for values in epochs.values() for value in values):
+        raise ValueError(f"found epochs must be positive finite numbers, got {dict(epochs)}")
+    figure = _figure(figsize=(1.8 + 1.6 * len(epochs), 4.0))
+    axis = figure.subplots()
+    for index, (method, values) in enumerate(epochs.items()):
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        axis.bar(index, mean, yerr=std, capsize=6, color="tab:blue", alpha=0.5)
+        spread = [index + 0.25 * (k / max(len(values) - 1, 1) - 0.5) for k in range(len(values))]
+        axis.plot(spread, list(values), "o", color="black", markersize=4)
+    if full_queue is not None:
+        axis.axhline(full_queue, color="gray", linestyle=":", label=f"first full queue (epoch {full_queue})")
+        axis.legend(fontsize="small")
+    axis.set_xticks(range(len(epochs)), [f"{method}\n(n = {len(values)})" for method, values in epochs.items()])
+    axis.set_ylabel("epoch (mean ± std; dots: seeds)")
+    axis.set_ylim(bottom=0)
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="y")
     return _save(figure, path)
 
 

@@ -1,12 +1,19 @@
-"""A plain training loop for the experiments, with hooks where the methods plug in."""
+"""A plain training loop for the experiments (with hooks where the methods plug in), evaluation and
+BatchNorm recalibration."""
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
+
+from sparseticket.experiments.data import Split
+from sparseticket.methods import Ticket
 
 
 def train_epoch(
@@ -40,3 +47,57 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
         correct += int((model(images).argmax(dim=1) == labels).sum())
         count += len(labels)
     return correct / max(count, 1)
+
+
+def evaluate(model: nn.Module, data: Split, ndigits: int | None = None) -> dict[str, float]:
+    """``test_accuracy`` on the clean test set, and ``test_accuracy_distorted`` when the split has a
+    distorted one; rounded to ``ndigits`` decimals if given."""
+    metrics = {"test_accuracy": accuracy(model, data.test_loader())}
+    if data.distorted_test_images is not None:
+        metrics["test_accuracy_distorted"] = accuracy(model, data.distorted_test_loader())
+    return metrics if ndigits is None else {key: round(value, ndigits) for key, value in metrics.items()}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Recompute every BatchNorm's running mean and variance on ``images``; no gradient step.
+
+    The statistics are reset, then the model runs forward in train mode over ``images`` in
+    near-equal batches of at most ``batch_size`` with ``momentum=None``, so each running statistic is the plain
+    average of the batches' statistics (the batch variance unbiased, as BatchNorm keeps it). Each
+    module's momentum and train/eval mode are restored afterwards. Returns ``model``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(images) == 0:
+        raise ValueError("images must hold at least one example to recalibrate BatchNorm statistics")
+    norms = [module for module in model.modules() if isinstance(module, _BatchNorm) and module.track_running_stats]
+    if not norms:
+        return model
+    modes = {module: module.training for module in model.modules()}
+    momenta = {norm: norm.momentum for norm in norms}
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    try:
+        for batch in torch.tensor_split(images, math.ceil(len(images) / batch_size)):  # sizes differ by <= 1
+            model(batch)
+    finally:
+        for norm, momentum in momenta.items():
+            norm.momentum = momentum
+        for module, training in modes.items():
+            module.training = training
+    return model
+
+
+def accuracy_at_pruning(model: nn.Module, channel_masks: dict[str, torch.Tensor], data: Split) -> dict[str, float]:
+    """Test accuracy of a copy of ``model`` with the masked-out channels zeroed (gamma and beta),
+    raw and after ``recalibrate_batchnorm`` on the (undistorted) training images; ``model`` is untouched.
+
+    Keys: ``accuracy_at_pruning`` and ``accuracy_at_pruning_recalibrated``.
+    """
+    pruned = Ticket({}, "channels", {}, channel_masks=channel_masks).apply_(copy.deepcopy(model))
+    raw = accuracy(pruned, data.test_loader())
+    recalibrate_batchnorm(pruned, data.train_images)
+    return {"accuracy_at_pruning": raw, "accuracy_at_pruning_recalibrated": accuracy(pruned, data.test_loader())}

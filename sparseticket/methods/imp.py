@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -54,12 +55,29 @@ def _check_rate(rate: object) -> float:
     return float(rate)
 
 
-def _check_rewind_step(rewind_step: object) -> int:
-    """``rewind_step`` must be an int >= 0."""
-    if isinstance(rewind_step, bool) or not isinstance(rewind_step, int):
-        raise TypeError(f"rewind_step must be an int, got {type(rewind_step).__name__}")
-    if rewind_step < 0:
-        raise ValueError(f"rewind_step must be >= 0 (training step the weights rewind to), got {rewind_step}")
+def rewind_step_parts(rewind_step: object) -> tuple[int, int]:
+    """(epochs, iterations) of a rewind step, written as open_lth writes steps: ``"500it"``,
+    ``"2ep"``, ``"2ep100it"``, or a bare number of iterations (an int, or digits like ``"12"``)."""
+    if isinstance(rewind_step, bool) or not isinstance(rewind_step, (int, str)):
+        raise TypeError(f"rewind_step must be an int or a string like '500it' / '2ep', "
+                        f"got {type(rewind_step).__name__}")
+    if isinstance(rewind_step, int):
+        if rewind_step < 0:
+            raise ValueError(f"rewind_step must be >= 0 (training step the weights rewind to), got {rewind_step}")
+        return 0, rewind_step
+    text = rewind_step.strip()
+    if re.fullmatch(r"[0-9]+", text):
+        return 0, int(text)
+    match = re.fullmatch(r"(?:([0-9]+)ep)?(?:([0-9]+)it)?", text)
+    if match is None or not text:
+        raise ValueError(f"rewind_step must be a step >= 0 written '500it' (iterations), '2ep' (epochs), "
+                         f"'2ep100it' or a bare number of iterations, got {rewind_step!r}")
+    return int(match.group(1) or 0), int(match.group(2) or 0)
+
+
+def _check_rewind_step(rewind_step: object) -> int | str:
+    """``rewind_step`` must be an int >= 0 or a step string (see ``rewind_step_parts``)."""
+    rewind_step_parts(rewind_step)
     return rewind_step
 
 
@@ -151,7 +169,8 @@ class IMP:
     """Iterative magnitude pruning with rewinding: one bool mask per Conv/Linear weight.
 
     ``rate``: fraction of the surviving weights pruned per round (global over all layers);
-    ``rewind_step``: the step k at which ``capture`` is called (metadata; 0 = before training);
+    ``rewind_step``: the step k at which ``capture`` is called (metadata; 0 = before training): an
+    int (iterations) or open_lth's ``"500it"`` / ``"2ep"`` (``rewind_step_parts`` reads it);
     ``exclude``: module names left dense (``"output"`` = the last Conv/Linear layer).
     ``model`` may be wrapped in ``DistributedDataParallel`` or sharded with FSDP2's
     ``fully_shard`` (see the module docstring).
@@ -162,7 +181,7 @@ class IMP:
         model: nn.Module,
         *,
         rate: float = 0.2,
-        rewind_step: int = 0,
+        rewind_step: int | str = 0,
         exclude: Iterable[str] = ("output",),
     ) -> None:
         if not isinstance(model, nn.Module):
