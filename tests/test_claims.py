@@ -127,7 +127,7 @@ def test_plots_exist(small_run: tuple[Path, subprocess.CompletedProcess]) -> Non
 def test_changed_settings_invalidate_the_cache(tmp_path: Path) -> None:
     settings = claims.Settings(width=4)
     path = tmp_path / "unit.json"
-    path.write_text(json.dumps({"settings": claims._settings_record(settings), "result": {}}))
+    path.write_text(json.dumps({"settings": claims.settings_record(settings), "result": {}}))
     assert claims.load_cached(path, settings) is not None
     assert claims.load_cached(path, claims.Settings(width=8)) is None
     path.write_text("{truncated")

@@ -1,0 +1,42 @@
+"""The settings of a claims run (a cached unit is reused only under equal settings) and the constants of the verdicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+
+VERDICTS = ("holds", "fails", "inconclusive")
+STABLE_BARRIER = 0.02  # Frankle et al.: stable when the error barrier is below 2%
+NON_INFERIORITY = 0.01  # claim 3: Gem-Miner "at IMP's accuracy" = within 1 point
+FAR_LESS = 0.2  # claim 3: "far less search compute" = at most 1/5 of IMP's search epochs
+SECOND_ORDER = 1_000_003  # data seed offset of the second copy of an instability pair
+QUEUE = 5  # EarlyBird's queue (the paper's default): the first full queue is at epoch 5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that determines a unit's result (a cached unit is reused only under equal settings)."""
+
+    epochs: int = 40  # EarlyBird/WORM: training length (LR schedule) and the cap on the found epoch
+    round_epochs: int = 20  # IMP's round length T, Gem-Miner's mining epochs, every fine-tuning
+    width: int = 16
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_schedule: str = "step"
+    warmup_epochs: int = 0
+    density: float = 0.05
+    imp_rate: float = 0.2
+    score_lr: float = 10.0  # Gem-Miner's score lr: the repo's 0.1 x steps budget on CIFAR (see docs/DEFAULTS.md)
+    rewind_steps: tuple[str, ...] = ("0", "1ep")
+    barrier_densities: tuple[float, ...] = (1.0, 0.2, 0.05)
+    barrier_points: int = 30
+    split_seed: int = 0
+    train_limit: int | None = None  # only the first N training images (the --small plumbing size)
+
+
+SMALL = {"seeds": 2, "seeds_other": 2, "epochs": 6, "round_epochs": 6, "width": 4,
+         "train_limit": 256, "imp_rate": 0.8, "barrier_points": 6}
+
