@@ -237,3 +237,22 @@ def test_error_bar_plots_validate_their_input(tmp_path):
         with pytest.raises(ValueError, match=words):
             call()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "f.png"]
+
+
+def test_accuracy_at_pruning_is_paired_only_where_both_methods_report_it(tmp_path):
+    """Channel runs carry accuracy at pruning, weight runs do not: the IMP-vs-random pair must skip
+    that figure (it once raised KeyError), WORM-vs-EarlyBird must pair it."""
+    results = []
+    for seed, (eb, worm) in enumerate([(0.50, 0.40), (0.55, 0.42), (0.60, 0.47)]):
+        for method, value in (("earlybird", eb), ("worm", worm)):
+            result = _result(method, seed, 0.9, found=8)
+            result.rows.append({"phase": "search", "epoch": 8, "accuracy_at_pruning": value,
+                                "accuracy_at_pruning_recalibrated": value + 0.3})
+            results.append(result)
+    results += [_result("imp", s, 0.9 + 0.01 * s) for s in range(3)] + [_result("random", s, 0.5) for s in range(3)]
+    summarize_compare(results, tmp_path)
+    pairs = [line for line in (tmp_path / "compare.md").read_text().splitlines() if " vs " in line]
+    pruning = [line for line in pairs if "accuracy at pruning" in line]
+    assert len(pruning) == 2 and all(line.startswith("| worm vs earlybird") for line in pruning)
+    assert "| 3 | -0.120 ± 0.017 [" in pruning[0]  # differences -0.10, -0.13, -0.13: std sqrt(0.0003)
+    assert any(line.startswith("| imp @ 0.05 vs random @ 0.05 | test acc | 3 |") for line in pairs)

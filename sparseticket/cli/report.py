@@ -166,7 +166,7 @@ def _compared_pairs(groups: dict[Group, list], columns: list[str]) -> list[tuple
 
 def _paired_values(first: list, second: list, measure: str) -> tuple[list[float], list[float]]:
     """The two groups' values of ``measure`` on the seeds both have it for, in seed order."""
-    by_seed = [{run.config.seed: _measures(run)[measure] for run in runs} for runs in (first, second)]
+    by_seed = [{run.config.seed: _measures(run).get(measure) for run in runs} for runs in (first, second)]
     seeds = sorted(seed for seed in by_seed[0] if by_seed[0][seed] is not None and by_seed[1].get(seed) is not None)
     return [by_seed[0][seed] for seed in seeds], [by_seed[1][seed] for seed in seeds]
 
