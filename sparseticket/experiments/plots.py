@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sparseticket.methods.ticket import default_file_mode
+
 STOP_COLOR = "tab:red"
 TRIGGER_COLOR = "tab:green"
 
@@ -25,7 +27,7 @@ def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop
     if not histories or any(not any(len(d) for d in history) for history in histories.values()):
         raise ValueError("histories must map at least one method to a history with at least one distance")
     trigger_epochs = trigger_epochs or {}
-    figure = _figure(figsize=(5.0 * len(histories), 4.0))
+    figure = new_figure(figsize=(5.0 * len(histories), 4.0))
     from matplotlib.ticker import MaxNLocator
 
     axes = figure.subplots(1, len(histories), squeeze=False, sharey=True)[0]
@@ -50,7 +52,7 @@ def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop
     axes[0].set_ylabel("normalised Hamming distance")
     axes[0].set_ylim(bottom=0)
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, ...]]], path: str | Path, *,
@@ -69,7 +71,7 @@ def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, ...]]],
             raise ValueError(f"{method}: densities must be fractions in (0, 1] and accuracies in [0, 1], got {points}")
         if any(len(point) == 3 and point[2] is not None and not 0 <= point[2] < math.inf for point in points):
             raise ValueError(f"{method}: std must be a finite fraction >= 0 or None, got {points}")
-    figure = _figure(figsize=(6.5, 4.5))
+    figure = new_figure(figsize=(6.5, 4.5))
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     axis = figure.subplots()
@@ -94,7 +96,7 @@ def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, ...]]],
     axis.set_title(title)
     axis.grid(alpha=0.3, which="both")
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_found_epochs(epochs: Mapping[str, Sequence[float]], path: str | Path, *, full_queue: int | None = None,
@@ -107,7 +109,7 @@ def plot_found_epochs(epochs: Mapping[str, Sequence[float]], path: str | Path, *
         raise ValueError("epochs must map at least one method to at least one found epoch")
     if any(not 0 < value < math.inf for values in epochs.values() for value in values):
         raise ValueError(f"found epochs must be positive finite numbers, got {dict(epochs)}")
-    figure = _figure(figsize=(1.8 + 1.6 * len(epochs), 4.0))
+    figure = new_figure(figsize=(1.8 + 1.6 * len(epochs), 4.0))
     axis = figure.subplots()
     for index, (method, values) in enumerate(epochs.items()):
         mean = sum(values) / len(values)
@@ -123,7 +125,7 @@ def plot_found_epochs(epochs: Mapping[str, Sequence[float]], path: str | Path, *
     axis.set_ylim(bottom=0)
     axis.set_title(title)
     axis.grid(alpha=0.3, axis="y")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_layer_densities(densities: Mapping[str, float], path: str | Path, title: str) -> Path:
@@ -133,7 +135,7 @@ def plot_layer_densities(densities: Mapping[str, float], path: str | Path, title
     if any(not 0 <= density <= 1 for density in densities.values()):
         raise ValueError(f"densities must be fractions in [0, 1], got {dict(densities)}")
     names, values = list(densities), [100 * density for density in densities.values()]
-    figure = _figure(figsize=(7.0, 1.5 + 0.3 * len(names)))
+    figure = new_figure(figsize=(7.0, 1.5 + 0.3 * len(names)))
     axis = figure.subplots()
     bars = axis.barh(range(len(names)), values, color="tab:blue")
     axis.bar_label(bars, labels=[f"{value:.1f}%" for value in values], padding=3, fontsize="small")
@@ -144,7 +146,7 @@ def plot_layer_densities(densities: Mapping[str, float], path: str | Path, title
     axis.set_ylabel("layer")
     axis.set_title(title)
     axis.grid(alpha=0.3, axis="x")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _one_two_five(lowest: float) -> list[float]:
@@ -157,7 +159,7 @@ def _one_two_five(lowest: float) -> list[float]:
     return ticks
 
 
-def _figure(figsize: tuple[float, float]) -> Any:
+def new_figure(figsize: tuple[float, float]) -> Any:
     """A matplotlib Figure on an Agg canvas, with constrained layout; a clear ImportError without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -170,7 +172,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return figure
 
 
-def _save(figure: Any, path: str | Path) -> Path:
+def save_figure(figure: Any, path: str | Path) -> Path:
     """Write the figure as a PNG to path atomically (temp file in the same directory, then os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,7 @@ def _save(figure: Any, path: str | Path) -> Path:
     try:
         with os.fdopen(handle, "wb") as file:
             figure.savefig(file, format="png")
+        os.chmod(temp, default_file_mode())  # mkstemp's 0o600 -> what open() would give
         os.replace(temp, path)
     except BaseException:
         os.unlink(temp)

@@ -239,7 +239,7 @@ class SparseTicketCallback(pl.Callback):
         drawn = self.method.drawn
         self._log(trainer, pl_module, drawn)
         if drawn and not was_drawn:
-            self._save(trainer)
+            self.save_figure(trainer)
             self._saved_when_drawn = self.saved_path is not None
             found = getattr(self.method, "found_epoch", self.method.epoch)
             rank_zero_info(f"sparseticket: {type(self.method).__name__} ticket drawn at epoch {found}"
@@ -254,7 +254,7 @@ class SparseTicketCallback(pl.Callback):
         if getattr(self.method, "epoch", 1) == 0:
             rank_zero_warn("SparseTicketCallback: no training epoch ended, so no ticket was written")
             return
-        self._save(trainer)
+        self.save_figure(trainer)
         rank_zero_info(f"sparseticket: {type(self.method).__name__} after {self.method.epoch} epochs "
                        f"(drawn: {self.method.drawn}), ticket saved to {self.saved_path}")
 
@@ -263,7 +263,7 @@ class SparseTicketCallback(pl.Callback):
         path = os.fspath(self.ticket_path)
         return path if os.path.isabs(path) else os.path.join(trainer.default_root_dir, path)
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    def save_figure(self, trainer: pl.Trainer) -> None:
         if self.ticket_path is None:
             return
         ticket = self.method.ticket()  # on every rank: collective for a sharded IMP

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,11 +86,11 @@ def render(rows: Sequence[ClaimRow], paragraphs: Sequence[tuple[str, str]], sett
 def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], other_seeds: Sequence[int],
                 settings: Settings, out: Path) -> list[Path]:
     """found_epochs.png, accuracy_at_pruning.png, accuracy_vs_search.png and barrier_vs_k.png."""
-    from sparseticket.experiments.plots import _figure, _save
+    from sparseticket.experiments.plots import new_figure, save_figure
 
     found = [records[Unit("found", s).name]["result"] for s in found_seeds]
     paths = []
-    figure = _figure(figsize=(5.0, 4.0))
+    figure = new_figure(figsize=(5.0, 4.0))
     axis = figure.subplots()
     eb = [found_epoch_of({"result": r}, "earlybird", settings.epochs) for r in found]
     worm = [found_epoch_of({"result": r}, "worm", settings.epochs) for r in found]
@@ -105,9 +104,9 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
     axis.set_ylabel("found epoch (lines: seeds; red: mean ± std)")
     axis.set_title("Claim 1: epoch the ticket was drawn")
     axis.legend(fontsize="small")
-    paths.append(_save(figure, out / "found_epochs.png"))
+    paths.append(save_figure(figure, out / "found_epochs.png"))
 
-    figure = _figure(figsize=(8.0, 4.0))
+    figure = new_figure(figsize=(8.0, 4.0))
     panels = (("accuracy_at_pruning", "raw"), ("accuracy_at_pruning_recalibrated", "BN recalibrated"))
     for axis, (key, label) in zip(figure.subplots(1, 2, sharey=True), panels):
         for index, method in enumerate(("earlybird", "worm")):
@@ -124,9 +123,9 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
         axis.set_ylim(0, 1.02)
     figure.axes[0].set_ylabel("clean test accuracy (mean ± std; dots: seeds)")
     figure.axes[0].legend(fontsize="small")
-    paths.append(_save(figure, out / "accuracy_at_pruning.png"))
+    paths.append(save_figure(figure, out / "accuracy_at_pruning.png"))
 
-    figure = _figure(figsize=(6.0, 4.0))
+    figure = new_figure(figsize=(6.0, 4.0))
     axis = figure.subplots()
     rewind = imp_rewind_description(settings)
     for label, unit in (("Gem-Miner", lambda s: Unit("gemminer", s)),
@@ -143,11 +142,11 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
     axis.set_ylabel(f"clean test accuracy at density {settings.density:g}")
     axis.set_title("Claim 3: accuracy vs search compute (mean ± std)")
     axis.legend(fontsize="small")
-    paths.append(_save(figure, out / "accuracy_vs_search.png"))
+    paths.append(save_figure(figure, out / "accuracy_vs_search.png"))
 
     table = barrier_table(records, other_seeds, settings)
     densities = sorted(settings.barrier_densities, reverse=True)
-    figure = _figure(figsize=(3.5 * len(densities), 3.8))
+    figure = new_figure(figsize=(3.5 * len(densities), 3.8))
     axes = figure.subplots(1, len(densities), sharey=True, squeeze=False)[0]
     per_epoch = steps_per_epoch(settings)
     from sparseticket.experiments.schedules import parse_rewind_step
@@ -163,11 +162,7 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
         axis.set_xlabel("rewind step k")
     axes[0].set_ylabel("error barrier (%, mean ± std)")
     axes[0].legend(fontsize="small")
-    paths.append(_save(figure, out / "barrier_vs_k.png"))
-    from sparseticket.methods.ticket import default_file_mode
-
-    for path in paths:  # _save's temporary file is created 0o600
-        os.chmod(path, default_file_mode())
+    paths.append(save_figure(figure, out / "barrier_vs_k.png"))
     return paths
 
 
