@@ -11,7 +11,6 @@ coupled group keeps the union of its BN masks, or exactly one channel when the u
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 
@@ -31,11 +30,17 @@ from transformers import (  # noqa: E402
 )
 
 from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, prune_model  # noqa: E402
+from vision_checks import (  # noqa: E402
+    Groups,
+    batchnorms,
+    check_kept_channels,
+    conv_linear_weights,
+    zeroed_copy,
+)
 
 INPUT = (3, 32, 32)
 BATCH = 8
 CLASSES = 10
-_BN = nn.modules.batchnorm._BatchNorm
 
 
 def resnet(layer_type: str) -> nn.Module:
@@ -92,39 +97,7 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torc
     after()
 
 
-def batchnorms(model: nn.Module) -> dict[str, _BN]:
-    """Every BatchNorm by qualified name."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, _BN)}
-
-
-def conv_linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every Conv/Linear weight by parameter name, in module order."""
-    return {f"{name}.weight": module.weight for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear))}
-
-
 # ---------------------------------------------------------------- coupling, from the architecture
-class Groups:
-    """Union-find over BN names: channels of BNs in one group are added or depthwise-tied channel by channel."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.parent = {name: name for name in names}
-
-    def root(self, name: str) -> str:
-        while self.parent[name] != name:
-            name = self.parent[name]
-        return name
-
-    def join(self, a: str, b: str) -> None:
-        self.parent[self.root(a)] = self.root(b)
-
-    def members(self) -> list[list[str]]:
-        found: dict[str, list[str]] = {}
-        for name in self.parent:
-            found.setdefault(self.root(name), []).append(name)
-        return list(found.values())
-
-
 def resnet_groups(model: nn.Module) -> Groups:
     """Each block's last BN is added to its shortcut's BN, or (identity shortcut) to the block input's BN."""
     names = {id(module): name for name, module in model.named_modules()}
@@ -162,28 +135,6 @@ def mobilenet_v2_groups(model: nn.Module) -> Groups:
 
 
 GROUPS = {"resnet-basic": resnet_groups, "resnet-bottleneck": resnet_groups, "mobilenet_v2": mobilenet_v2_groups}
-
-
-def check_kept_channels(masks: dict[str, torch.Tensor], kept: dict[str, torch.Tensor], groups: Groups) -> None:
-    """Each coupled group keeps the union of its masks; an all-pruned group keeps one common channel."""
-    assert set(kept) == set(masks)
-    for members in groups.members():
-        union = torch.stack([masks[name] for name in members]).any(0)
-        for name in members:
-            if union.any():
-                assert torch.equal(kept[name], union), (name, members)
-            else:
-                assert int(kept[name].sum()) == 1 and torch.equal(kept[name], kept[members[0]]), (name, members)
-
-
-def zeroed_copy(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy with gamma and beta of every removed channel set to zero."""
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, bn in batchnorms(zeroed).items():
-            bn.weight[~kept[name]] = 0
-            bn.bias[~kept[name]] = 0
-    return zeroed
 
 
 # ---------------------------------------------------------------- EarlyBird and WORM

@@ -3,13 +3,13 @@ network with the pruned channels' gamma and beta zeroed computes."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 from torch import nn
 
 from sparseticket.methods.structured import PruneReport, prune_channels
+from vision_checks import batchnorms, zeroed_copy
 
 INPUT_SHAPE = (2, 3, 8, 8)
 
@@ -98,11 +98,6 @@ class MLPWithOutputBN(nn.Module):
 MODELS = {"vgg": VGG, "resnet": ResNet, "cat": TwoBranchCat}
 
 
-def batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm of a model by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-
-
 def make_model(cls: type[nn.Module], generator: torch.Generator) -> nn.Module:
     """A model with random BN affine params and nontrivial running statistics, in eval mode."""
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
@@ -126,16 +121,6 @@ def random_masks(model: nn.Module, generator: torch.Generator) -> dict[str, torc
         masks[name] = torch.rand(bn.num_features, generator=generator) < 0.5
         masks[name][torch.randint(0, bn.num_features, (1,), generator=generator)] = True
     return masks
-
-
-def zeroed_copy(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy with gamma and beta of every removed channel set to zero."""
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, bn in batchnorms(zeroed).items():
-            bn.weight[~kept[name]] = 0
-            bn.bias[~kept[name]] = 0
-    return zeroed
 
 
 def example() -> torch.Tensor:

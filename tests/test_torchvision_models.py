@@ -10,7 +10,6 @@ or exactly one channel when the union is empty.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 
@@ -24,11 +23,18 @@ except Exception as error:  # not installed, or (RuntimeError) its compiled ops 
     pytest.skip(f"torchvision does not import here: {error}", allow_module_level=True)
 
 from sparseticket.methods import IMP, EarlyBird, GemMiner  # noqa: E402
+from vision_checks import (  # noqa: E402
+    BatchNorm,
+    Groups,
+    batchnorms,
+    check_kept_channels,
+    conv_linear_weights,
+    zeroed_copy,
+)
 
 INPUT = (3, 32, 32)  # five stride-2 stages: 1x1 at the end
 BATCH = 4  # BatchNorm in train mode needs more than one value per channel at 1x1
 CLASSES = 10
-_BN = nn.modules.batchnorm._BatchNorm
 
 
 def vgg11_bn() -> nn.Module:
@@ -70,39 +76,7 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torc
     after()
 
 
-def batchnorms(model: nn.Module) -> dict[str, _BN]:
-    """Every BatchNorm by qualified name."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, _BN)}
-
-
-def conv_linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every Conv/Linear weight by parameter name, in module order."""
-    return {f"{name}.weight": module.weight for name, module in model.named_modules()
-            if isinstance(module, (nn.Conv2d, nn.Linear))}
-
-
 # ---------------------------------------------------------------- coupling, from the architecture
-class Groups:
-    """Union-find over BN names: channels of BNs in one group are added or depthwise-tied channel by channel."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.parent = {name: name for name in names}
-
-    def root(self, name: str) -> str:
-        while self.parent[name] != name:
-            name = self.parent[name]
-        return name
-
-    def join(self, a: str, b: str) -> None:
-        self.parent[self.root(a)] = self.root(b)
-
-    def members(self) -> list[list[str]]:
-        found: dict[str, list[str]] = {}
-        for name in self.parent:
-            found.setdefault(self.root(name), []).append(name)
-        return list(found.values())
-
-
 def resnet_groups(model: nn.Module) -> Groups:
     """Each block's last BN is added to its downsample BN, or (identity shortcut) to the block input's BN."""
     groups = Groups(list(batchnorms(model)))
@@ -131,7 +105,7 @@ def mobilenet_v2_groups(model: nn.Module) -> Groups:
         for position, (name, conv) in enumerate(modules):
             if not isinstance(conv, nn.Conv2d):
                 continue
-            bn_name = next(n for n, m in modules[position + 1:] if isinstance(m, _BN))  # the BN after the conv
+            bn_name = next(n for n, m in modules[position + 1:] if isinstance(m, BatchNorm))  # the BN after the conv
             bn_name = f"features.{index}.conv.{bn_name}"
             if conv.groups > 1:
                 assert conv.groups == conv.in_channels == conv.out_channels  # the reference's assumption
@@ -145,28 +119,6 @@ def mobilenet_v2_groups(model: nn.Module) -> Groups:
 
 GROUPS = {"resnet18": resnet_groups, "resnet50": resnet_groups, "vgg11_bn": vgg_groups,
           "mobilenet_v2": mobilenet_v2_groups}
-
-
-def check_kept_channels(masks: dict[str, torch.Tensor], kept: dict[str, torch.Tensor], groups: Groups) -> None:
-    """Each coupled group keeps the union of its masks; an all-pruned group keeps one common channel."""
-    assert set(kept) == set(masks)
-    for members in groups.members():
-        union = torch.stack([masks[name] for name in members]).any(0)
-        for name in members:
-            if union.any():
-                assert torch.equal(kept[name], union), (name, members)
-            else:
-                assert int(kept[name].sum()) == 1 and torch.equal(kept[name], kept[members[0]]), (name, members)
-
-
-def zeroed_copy(model: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy with gamma and beta of every removed channel set to zero."""
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, bn in batchnorms(zeroed).items():
-            bn.weight[~kept[name]] = 0
-            bn.bias[~kept[name]] = 0
-    return zeroed
 
 
 # ---------------------------------------------------------------- EarlyBird
