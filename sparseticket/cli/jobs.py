@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseticket.cli.config import RunConfig
+from sparseticket.cli.config import CHANNEL_METHODS, RunConfig
 from sparseticket.experiments.data import Split
-from sparseticket.experiments.training import accuracy_at_pruning
 from sparseticket.experiments.schedules import lr_scheduler, parse_rewind_step
-from sparseticket.experiments.training import evaluate
+from sparseticket.experiments.training import accuracy_at_pruning, evaluate
 from sparseticket.methods import (
     IMP,
     WORM,
@@ -292,7 +291,7 @@ class BaselineJob(Job):
 def make_job(config: RunConfig, model: nn.Module, data: Split, steps_per_epoch: int | None = None) -> Job:
     """The job of ``config.method``; ``steps_per_epoch``: this rank's batches per epoch (default:
     one process's, from the training set and ``config.batch_size``)."""
-    if config.method in ("earlybird", "worm"):
+    if config.method in CHANNEL_METHODS:
         return ChannelJob(config, model, data, steps_per_epoch)
     if config.method == "gemminer":
         return GemMinerJob(config, model, data, steps_per_epoch)

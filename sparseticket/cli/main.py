@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sparseticket.cli import distributed, presets
-from sparseticket.cli.config import METHODS, RunConfig
+from sparseticket.cli.config import CHANNEL_METHODS, METHODS, RunConfig
 from sparseticket.cli.report import summarize_compare, summarize_search
 
 _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and why (docs/DEFAULTS.md)
@@ -194,7 +194,7 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
     configs = []
     for seed in seeds:
         for method in arguments.methods:
-            densities = [None] if method in ("earlybird", "worm") else arguments.densities
+            densities = [None] if method in CHANNEL_METHODS else arguments.densities
             for density in densities:
                 config = _config(arguments, method=method, seed=seed, **({"density": density} if density else {}))
                 _check(config)
@@ -204,7 +204,7 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
     for index, config in enumerate(configs, 1):
         run_dir = arguments.out / config.run_name()
         finished = _finished_run(run_dir, config)
-        what = config.method + (f" at density {config.density:g}" if config.method not in ("earlybird", "worm") else "")
+        what = config.method + (f" at density {config.density:g}" if config.method not in CHANNEL_METHODS else "")
         say(f"== run {index}/{len(configs)}: seed {seeds.index(config.seed) + 1}/{len(seeds)} ({config.seed}), "
             f"{what}" + (f": already finished, not retrained ({run_dir.name})" if finished else ""), flush=True)
         result = Search(config, run_dir, progress=not arguments.no_progress and not finished, processes=processes,

@@ -60,6 +60,7 @@ class _ScoreMask(nn.Module):
         self.scores = scores
         self.flags, self.grad_slot, self.claimed = flags, grad_slot, claimed
         self.claimed_here = False  # the same flag for the Python path (_MaskedWeight)
+        self.offset_bytes = 0  # where in gm.scores' memory this layer's view starts (set by the miner)
         # where the C++ path writes the masked weight when the last one is no longer referenced
         self.weight_slot = torch.empty_like(scores, dtype=weight_dtype)  # the scores' memory order
 
@@ -179,6 +180,7 @@ class GemMiner:
             layer_scores = nn.Parameter(_view_like(self.scores.detach()[part], tensor))  # shares the flat storage
             score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor),
                                     _view_like(self._grad[part], tensor), self._claimed[index:index + 1], tensor.dtype)
+            score_mask.offset_bytes = part.start * self.scores.element_size()  # where its view must start
             parametrize.register_parametrization(weight.module, weight.attr, score_mask, unsafe=True)
             self._score_masks.append(score_mask)
         self._legacy_hook = model.register_load_state_dict_pre_hook(self._split_legacy_scores)
@@ -221,10 +223,9 @@ class GemMiner:
         elsewhere (compiled forward, DDP bucket views, an accumulation onto a ``.grad`` someone
         else set) is copied into its slice; a layer without a gradient counts as zero.
         """
-        missing = 0
+        missing, base = 0, self.scores.data_ptr()
         for score_mask, weight in zip(self._score_masks, self.weights):
-            expected = self.scores.data_ptr() + self.slices[weight.name].start * self.scores.element_size()
-            if score_mask.scores.data_ptr() != expected:
+            if score_mask.scores.data_ptr() != base + score_mask.offset_bytes:
                 raise RuntimeError(f"GemMiner: the scores of {weight.name} are no longer a view of gm.scores "
                                    "(model moved or converted after the GemMiner was made?): "
                                    "move or convert the model first, then create the GemMiner")
