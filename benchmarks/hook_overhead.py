@@ -26,8 +26,8 @@ from shapes import resnet50_shapes  # noqa: E402
 
 import sparseticket.ops as ops  # noqa: E402
 from sparseticket._kernels.cpp import cpp_extension  # noqa: E402
-from sparseticket.experiments.data import load_digits_split  # noqa: E402
-from sparseticket.experiments.models import vgg_small  # noqa: E402
+from sparseticket.builtin.data import load_digits_split  # noqa: E402
+from sparseticket.builtin.models import vgg_small  # noqa: E402
 from sparseticket.methods import EarlyBird  # noqa: E402
 
 

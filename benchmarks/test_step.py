@@ -38,9 +38,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import resnet20, vgg_small
-from sparseticket.experiments.transformer_model import TinyTransformer
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import resnet20, vgg_small
+from sparseticket.builtin.transformer_model import TinyTransformer
 from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, attach_slimming
 
 ROUNDS = {"resnet50": 30, "resnet50_channels_last": 30, "bert_base": 16, "resnet20": 30, "vgg_small": 300}

@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
 from sparseticket.methods import WORM
 from sparseticket.methods.teardown import end_distributed
 

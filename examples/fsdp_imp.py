@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from sparseticket.experiments.data import load_digits_split
+from sparseticket.builtin.data import load_digits_split
 from sparseticket.methods import IMP
 from sparseticket.methods.teardown import end_distributed
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers import ResNetConfig, ResNetForImageClassification
 
-from sparseticket.experiments.data import Split, load_digits_split
 from sparseticket import WORM
+from sparseticket.builtin.data import Split, load_digits_split
 
 MAX_EPOCHS, FINE_TUNE_EPOCHS, BATCH = 12, 2, 64
 CONFIG = ResNetConfig(num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],

@@ -1,8 +1,9 @@
 """sparseticket: find lottery tickets fast (EarlyBird, WORM, Gem-Miner, IMP) with fused kernels.
 
 The fused ops load with the package; the methods (``sparseticket.EarlyBird``, ``WORM``,
-``GemMiner``, ``IMP``, ``Ticket``, ``error_barrier``, the baselines ...) load on first use, so
-``import sparseticket`` stays as light as the ops.
+``GemMiner``, ``IMP``, the ``Method`` protocol, the ``METHODS`` and ``BASELINES`` registries,
+``Ticket``, ``error_barrier``, the baselines ...) load on first use, so ``import sparseticket``
+stays as light as the ops.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it (loaded on first access, see __getattr__)
 _LAZY = {
     **{name: "sparseticket.methods" for name in (
+        "Method", "METHODS", "BASELINES",
         "EarlyBird", "WORM", "GemMiner", "IMP", "Ticket", "error_barrier", "instability", "Barrier",
         "STABLE_BARRIER", "attach_slimming", "prune_model", "prune_transformer", "PruneReport",
         "random_ticket", "magnitude_ticket", "snip_ticket", "grasp_ticket", "synflow_ticket",

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from sparseticket.experiments.augment import augment_digits, distorted_test_images
-from sparseticket.experiments.data import Split
-from sparseticket.experiments.datasets import load_dataset
+from sparseticket.builtin.augment import augment_digits, distorted_test_images
+from sparseticket.builtin.data import Split
+from sparseticket.builtin.datasets import load_dataset
 
 
 def _lit_pixel(count: int, size: int, row: int, column: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sparseticket
-from sparseticket.ops import cpu_backend, kernels_for, truncate_grads_
+from sparseticket.ops import cpu_backend, kernels_for
 
 
 def test_backends_reports_compiled_kernels():

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
 from sparseticket.methods.baselines import (
     grasp_scores,
     grasp_ticket,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.data import Split
-from sparseticket.experiments.training import accuracy, accuracy_at_pruning, recalibrate_batchnorm
+from sparseticket.builtin.data import Split
+from sparseticket.driver.training import accuracy, accuracy_at_pruning, recalibrate_batchnorm
 
 
 def _tiny(seed: int = 0) -> nn.Sequential:

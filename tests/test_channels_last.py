@@ -11,7 +11,7 @@ from torch import nn
 
 import sparseticket.ops as ops
 from sparseticket import IMP, WORM, EarlyBird, GemMiner
-from sparseticket.experiments.models import resnet20
+from sparseticket.builtin.models import resnet20
 from sparseticket.ops import TruncationPlan, truncate_grads_
 
 CL = torch.channels_last

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sparseticket.experiments import claims
-from sparseticket.experiments.stats import paired_test
+from sparseticket.studies import claims
+from sparseticket.reporting.stats import paired_test
 
 ROWS = ("1", "2a", "2b", "3", "4")
 PLOTS = ("found_epochs.png", "accuracy_at_pruning.png", "accuracy_vs_search.png", "barrier_vs_k.png")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparseticket.experiments.data import load_digits_split
+from sparseticket.builtin.data import load_digits_split
 from sparseticket.methods import Ticket
 
 RUN_FLAGS = ["--method", "worm", "--epochs", "6", "--finetune-epochs", "2", "--width", "8", "--no-progress",
@@ -101,7 +101,7 @@ def test_torchrun_search_writes_once_and_resumes_after_ctrl_c(tmp_path):
     assert interrupted_at["phase"] == "search" and 2 <= interrupted_at["epoch"] < 6  # 2 if cut mid-save
 
     resumed = _run(["search", "--resume", str(cut), "--no-progress", "--dist-timeout", "60"])
-    assert f"resuming {cut.name} at search epoch {interrupted_at['epoch'] + 1}" in resumed
+    assert f"resuming at search epoch {interrupted_at['epoch'] + 1} ({cut.name})" in resumed
     assert _metrics(cut) == _metrics(reference)
     found, expected = Ticket.load(cut / "ticket.safetensors"), Ticket.load(reference / "ticket.safetensors")
     assert expected.channel_masks and found.channel_masks.keys() == expected.channel_masks.keys()

@@ -19,6 +19,7 @@ from sparseticket.cli.config import RunConfig
 from sparseticket.cli.main import main
 from sparseticket.cli.report import summarize_compare
 from sparseticket.cli.search import SearchResult
+from sparseticket.driver import search as driver_search
 from sparseticket.methods import Ticket
 
 pytest.importorskip("matplotlib")
@@ -28,16 +29,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class Counted:
-    """Counts the training epochs Search runs (wraps ``search._train_epoch``)."""
+    """Counts the training epochs the driver runs (wraps ``driver.search.train_steps``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.epochs = 0
-        original = search_module._train_epoch
+        original = driver_search.train_steps
 
         def counting(*args, **kwargs):
             self.epochs += 1
             return original(*args, **kwargs)
-        monkeypatch.setattr(search_module, "_train_epoch", counting)
+        monkeypatch.setattr(driver_search, "train_steps", counting)
 
 
 def _compare(folder: Path, arguments: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, Counted]:
@@ -223,7 +224,7 @@ def test_report_on_known_results_pairs_what_the_papers_compare(tmp_path):
 
 
 def test_error_bar_plots_validate_their_input(tmp_path):
-    from sparseticket.experiments.plots import plot_accuracy_vs_density, plot_found_epochs
+    from sparseticket.reporting.plots import plot_accuracy_vs_density, plot_found_epochs
 
     points = {"imp": [(0.2, 0.9, 0.02), (0.05, 0.8, None)], "random": [(0.05, 0.5)]}
     assert plot_accuracy_vs_density(points, tmp_path / "a.png").read_bytes()[:8] == PNG

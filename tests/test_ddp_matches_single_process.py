@@ -20,8 +20,8 @@ from gloo_ranks import WORLD, init_gloo, spawn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
 from sparseticket.methods import (
     IMP,
     WORM,

@@ -9,8 +9,8 @@ from gloo_ranks import WORLD, init_gloo, spawn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
 from sparseticket.methods import IMP, WORM, EarlyBird
 from sparseticket.methods.consistency import assert_same_on_all_ranks, rank_checks, rank_checks_enabled
 

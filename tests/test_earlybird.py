@@ -170,7 +170,7 @@ def test_worm_arguments():
 
 
 def test_worm_on_transformer_slimming_coefficients():
-    from sparseticket.experiments.transformer_model import TinyTransformer
+    from sparseticket.builtin.transformer_model import TinyTransformer
     from sparseticket.methods import attach_slimming
 
     torch.manual_seed(0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
-from sparseticket.experiments.training import accuracy, train_epoch
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
+from sparseticket.driver.training import accuracy, train_epoch
 from sparseticket.methods import WORM, EarlyBird
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments import datasets
-from sparseticket.experiments.data import Split
-from sparseticket.experiments.datasets import DATASETS, DatasetUnavailable, describe, load_dataset
-from sparseticket.experiments.models import MODELS, build_model, mlp, preresnet20, resnet20, vgg_small
+from sparseticket.builtin import datasets
+from sparseticket.builtin.data import Split
+from sparseticket.builtin.datasets import DATASETS, DatasetUnavailable, describe, load_dataset
+from sparseticket.builtin.models import MODELS, build_model, mlp, preresnet20, resnet20, vgg_small
 from sparseticket.methods import EarlyBird, attach_slimming
 from sparseticket.methods.transformer import transformer_blocks
 

@@ -28,8 +28,6 @@ from transformers import (  # noqa: E402
     ResNetConfig,
     ResNetForImageClassification,
 )
-
-from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, prune_model  # noqa: E402
 from vision_checks import (  # noqa: E402
     Groups,
     batchnorms,
@@ -37,6 +35,8 @@ from vision_checks import (  # noqa: E402
     conv_linear_weights,
     zeroed_copy,
 )
+
+from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner, prune_model  # noqa: E402
 
 INPUT = (3, 32, 32)
 BATCH = 8

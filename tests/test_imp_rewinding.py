@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from sparseticket.cli import search as search_module
-from sparseticket.cli.jobs import IMPJob
 from sparseticket.cli.main import main
-from sparseticket.experiments.schedules import LRSchedule, lr_scheduler, parse_rewind_step
+from sparseticket.driver import search as driver_search
+from sparseticket.driver.jobs import IMPJob
+from sparseticket.driver.schedules import LRSchedule, lr_scheduler, parse_rewind_step
 from sparseticket.methods import IMP, Ticket
 from sparseticket.methods.imp import rewind_step_parts
 
@@ -126,15 +127,16 @@ class Recorder:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, k: int) -> None:
         self.k, self.steps, self.states = k, [], {}
-        original = search_module._train_epoch
+        original = driver_search.train_steps
 
-        def train_epoch(model, loader, optimizer, after_backward, step, *rest):
-            job = getattr(step, "__self__", None)
+        def train_steps(model, batches, *, after_backward=(), after_step=(), **rest):
+            job = getattr(after_step[0], "__self__", None) if after_step else None
             if not isinstance(job, IMPJob):
-                return original(model, loader, optimizer, after_backward, step, *rest)
-            return original(model, self._batches(loader, job), optimizer, after_backward, self._step(job, step), *rest)
+                return original(model, batches, after_backward=after_backward, after_step=after_step, **rest)
+            return original(model, self._batches(batches, job), after_backward=(*after_backward, self._step(job)),
+                            after_step=after_step, **rest)
 
-        monkeypatch.setattr(search_module, "_train_epoch", train_epoch)
+        monkeypatch.setattr(driver_search, "train_steps", train_steps)
 
     def _batches(self, loader, job: IMPJob):
         """The loader's batches; the model's state (weights and BN buffers) is kept before each
@@ -152,7 +154,8 @@ class Recorder:
                     yield batch
         return Recorded()
 
-    def _step(self, job: IMPJob, step):
+    def _step(self, job: IMPJob):
+        """A hook that runs after backward, before the optimizer step: records the step."""
         def recorded() -> None:
             round_ = job.method.round + 1  # prune rounds done so far, + 1
             count = sum(1 for record in self.steps if record["round"] == round_)  # this round's steps so far
@@ -162,7 +165,6 @@ class Recorder:
                 self.states[(round_, "start")] = self._state(job)
             if round_ == 1 and count == self.k:
                 self.states[(1, "k")] = self._state(job)
-            step()
         return recorded
 
     def _state(self, job: IMPJob) -> dict:

@@ -2,7 +2,7 @@
 
 Each run is a real subprocess killed by SIGKILL (no handler, no cleanup). Deterministic kill points
 come from the test-only fault-injection hook ``SPARSETICKET_TEST_KILL_AT`` of
-``sparseticket.cli.files`` (mid-write: the temporary file half written, before the rename;
+``sparseticket.files`` (mid-write: the temporary file half written, before the rename;
 after-write: just after the rename); one test also kills from outside at seeded random moments.
 """
 
@@ -23,13 +23,8 @@ import torch
 from filelock import FileLock
 from safetensors import safe_open
 
-from sparseticket.cli.files import (
-    KILL_AT_VARIABLE,
-    atomic_write,
-    load_checkpoint,
-    remove_leftover_temporaries,
-    write_text,
-)
+from sparseticket.cli.files import load_checkpoint, write_text
+from sparseticket.files import KILL_AT_VARIABLE, atomic_write, remove_leftover_temporaries
 from sparseticket.cli.main import main
 
 TINY = ["--model", "mlp", "--width", "8", "--finetune-epochs", "2", "--no-progress", "--threads", "1"]
@@ -234,7 +229,7 @@ def wait_for_new_checkpoint(out: Path, process: subprocess.Popen) -> bool:
 
 # ----------------------------------------------------------------- the pieces, in process
 def test_leftover_temporaries_are_removed_and_nothing_else(tmp_path):
-    names = [".checkpoint.pt.k2j_9x0a.tmp", ".ticket-abcdefgh.tmp", ".layer_density.png.a1b2c3d4.png"]
+    names = [".checkpoint.pt.k2j_9x0a.tmp", ".ticket.safetensors.abcdefgh.tmp", ".layer_density.png.a1b2c3d4.tmp"]
     kept = ["checkpoint.pt", "notes.tmp", ".hidden", "layer_density.png"]
     for name in names + kept:
         (tmp_path / name).write_text("x")

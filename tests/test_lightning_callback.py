@@ -25,8 +25,8 @@ from lightning.pytorch.plugins import MixedPrecision  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from sparseticket.methods import IMP, EarlyBird, GemMiner, Ticket  # noqa: E402
 from sparseticket.integrations.lightning import SparseTicketCallback  # noqa: E402
+from sparseticket.methods import IMP, EarlyBird, GemMiner, Ticket  # noqa: E402
 
 SAMPLES, BATCH = 384, 64  # 6 batches an epoch
 EB_SETTINGS = {"ratio": 0.5, "l1": 1e-3, "queue": 3, "eps": 0.05}

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
-from sparseticket.methods import WORM, EarlyBird
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
+from sparseticket.methods import METHODS, WORM, EarlyBird, channel_methods
 from sparseticket.methods.gemminer import GemMiner
 from sparseticket.methods.imp import IMP
 
@@ -150,7 +150,7 @@ def earlybird_epoch(run: Run, epoch: int) -> None:
     run.method.epoch_end()
 
 
-@pytest.mark.parametrize("cls", [EarlyBird, WORM])
+@pytest.mark.parametrize("cls", [METHODS[name] for name in channel_methods()], ids=channel_methods())
 @pytest.mark.parametrize("stop", [1, 3, 5, 7])
 def test_earlybird_and_worm_resume_bit_for_bit(cls, stop, tmp_path):
     build = partial(build_earlybird, cls)

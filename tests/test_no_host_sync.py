@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.models import vgg_small
-from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner
+from sparseticket.builtin.models import vgg_small
+from sparseticket.methods import METHODS, WORM, Method
 from sparseticket.ops import cpu_backend
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu")
@@ -55,38 +55,35 @@ def _step(model: nn.Module) -> None:
     nn.functional.cross_entropy(model(images), labels).backward()
 
 
-def _worm_truncating(model: nn.Module) -> WORM:
-    worm = WORM(model, queue=2, trigger=1.0)
+def _start_truncating(worm: WORM) -> None:
     worm.epoch_end()
     worm.epoch_end()
     assert worm.truncating
-    return worm
 
 
-def _hooks(method: str):
-    """(model, the method's per-step work after backward)."""
+# keywords and preparation that make every registered method's hooks do their steady-state work
+SETTINGS = {"worm": {"queue": 2, "trigger": 1.0}, "gemminer": {"density": 0.5, "epochs": 6, "seed": 0}}
+PREPARE = {"worm": _start_truncating, "imp": lambda imp: imp.prune_round()}
+
+
+def _hooks(name: str):
+    """(model, the method's per-step work after backward: after_backward and after_step)."""
     model = vgg_small(width=4)
-    if method == "earlybird":
-        return model, EarlyBird(model).after_backward
-    if method == "worm_truncating":
-        return model, _worm_truncating(model).after_backward
-    if method == "imp":
-        imp = IMP(model)
-        imp.prune_round()
+    method: Method = METHODS[name](model, **SETTINGS.get(name, {}))
+    if name in PREPARE:
+        PREPARE[name](method)
 
-        def imp_hooks() -> None:
-            imp.after_backward()
-            imp.after_step()
+    def hooks() -> None:
+        method.after_backward()
+        method.after_step()
 
-        return model, imp_hooks
-    miner = GemMiner(model, density=0.5, epochs=6, seed=0)
-    return model, miner.step
+    return model, hooks
 
 
-@pytest.mark.parametrize("method", ["earlybird", "worm_truncating", "imp", "gemminer"])
-def test_per_step_hooks_never_read_tensors_on_the_host(backend, method):
+@pytest.mark.parametrize("name", list(METHODS))
+def test_per_step_hooks_never_read_tensors_on_the_host(backend, name):
     with cpu_backend(backend):
-        model, hooks = _hooks(method)
+        model, hooks = _hooks(name)
         for _ in range(2):  # the first call builds plans; the second is the steady state
             _step(model)
             with host_reads_forbidden():

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from sparseticket.experiments.plots import (  # noqa: E402
+from sparseticket.reporting.plots import (  # noqa: E402
     plot_accuracy_vs_density,
     plot_layer_densities,
     plot_mask_distances,

@@ -3,6 +3,7 @@ same draw whatever the global RNG, and leaves the global RNG as it was."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import pytest
@@ -12,6 +13,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from sparseticket.methods import (
+    BASELINES,
+    METHODS,
     GemMiner,
     grasp_ticket,
     magnitude_ticket,
@@ -86,7 +89,7 @@ def instability_copies(seed: int | None) -> Result:
 
 RANDOM: dict[str, Draw] = {
     "gemminer": gemminer_scores,
-    "random_ticket": lambda seed: masks(random_ticket(tiny_model(), 0.3, seed=seed)),
+    "random": lambda seed: masks(random_ticket(tiny_model(), 0.3, seed=seed)),
     "random_ticket_per_layer": lambda seed: masks(random_ticket(
         tiny_model(), 0.3, layer_densities={"0.weight": 0.5, "4.weight": 0.29375}, seed=seed)),
     "smart_ratio": lambda seed: masks(smart_ratio_ticket(tiny_model(), 0.3, seed=seed)),
@@ -102,6 +105,17 @@ DETERMINISTIC: dict[str, Callable[[], Result]] = {
     "grasp": lambda: masks(grasp_ticket(tiny_model(), F.cross_entropy, batch(), 0.3)),
     "synflow": lambda: masks(synflow_ticket(tiny_model(), (1, 1, 8, 8), 0.3, iterations=5)),
 }
+
+
+def test_every_registered_method_and_baseline_is_checked():
+    """Each entry of METHODS and BASELINES that takes a ``seed`` has a draw in RANDOM (keyed by its
+    registry name), and each baseline without one is in DETERMINISTIC: a newly registered one fails
+    here until it is covered."""
+    for name, target in {**METHODS, **BASELINES}.items():
+        if "seed" in inspect.signature(target).parameters:
+            assert name in RANDOM, f"{name} takes a seed: add its draw to RANDOM"
+        elif name in BASELINES:
+            assert name in DETERMINISTIC, f"baseline {name} takes no seed: add it to DETERMINISTIC"
 
 
 def same(first: Result, second: Result) -> bool:

@@ -3,14 +3,12 @@ all-equal values, a rank with no elements, NaN), and bad k fails on every rank."
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.distributed as dist
-from gloo_ranks import WORLD, init_gloo, spawn
+from gloo_ranks import init_gloo, spawn
 
 from sparseticket.ops import kth_value, sharded_kth_value
-
 
 
 def _cases() -> dict[str, list[list[torch.Tensor]]]:

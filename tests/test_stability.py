@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.data import Split, load_digits_split
-from sparseticket.experiments.models import vgg_small
-from sparseticket.experiments.training import accuracy, train_epoch
+from sparseticket.builtin.data import Split, load_digits_split
+from sparseticket.builtin.models import vgg_small
+from sparseticket.driver.training import accuracy, train_epoch
 from sparseticket.methods.imp import IMP
 from sparseticket.methods.stability import STABLE_BARRIER, Barrier, error_barrier, instability
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sparseticket.experiments.stats import Summary, format_summary, paired_test, summary
+from sparseticket.reporting.stats import Summary, format_summary, paired_test, summary
 
 
 def _t3_two_sided_p(t: float) -> float:

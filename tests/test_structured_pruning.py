@@ -3,13 +3,12 @@ network with the pruned channels' gamma and beta zeroed computes."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
+from vision_checks import batchnorms, zeroed_copy
 
 from sparseticket.methods.structured import PruneReport, prune_channels
-from vision_checks import batchnorms, zeroed_copy
 
 INPUT_SHAPE = (2, 3, 8, 8)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.models import vgg_small
+from sparseticket.builtin.models import vgg_small
 from sparseticket.methods import Ticket
 
 

@@ -22,7 +22,6 @@ try:
 except Exception as error:  # not installed, or (RuntimeError) its compiled ops do not load with this torch
     pytest.skip(f"torchvision does not import here: {error}", allow_module_level=True)
 
-from sparseticket.methods import IMP, EarlyBird, GemMiner  # noqa: E402
 from vision_checks import (  # noqa: E402
     BatchNorm,
     Groups,
@@ -31,6 +30,8 @@ from vision_checks import (  # noqa: E402
     conv_linear_weights,
     zeroed_copy,
 )
+
+from sparseticket.methods import IMP, EarlyBird, GemMiner  # noqa: E402
 
 INPUT = (3, 32, 32)  # five stride-2 stages: 1x1 at the end
 BATCH = 4  # BatchNorm in train mode needs more than one value per channel at 1x1

@@ -10,8 +10,16 @@ import torch
 from torch import nn
 
 import sparseticket
-from sparseticket import IMP, WORM, EarlyBird, GemMiner, Ticket
-from sparseticket.experiments.models import vgg_small
+from sparseticket import METHODS, EarlyBird, GemMiner, Ticket
+from sparseticket.builtin.models import vgg_small
+from sparseticket.methods.protocol import METHOD_HOOKS
+
+# the keywords a registered method needs besides the model (the others use their defaults)
+REQUIRED = {"gemminer": {"density": 0.5, "epochs": 2, "period": 1}}
+# settings that make every hook act within a few steps; then what prepares the method before training
+COMPILED_SETTINGS = {"earlybird": {"l1": 1e-2}, "worm": {"trigger": 1.0, "queue": 2}, "gemminer": {"seed": 0},
+                     "imp": {"rate": 0.5}}
+PREPARE = {"imp": lambda imp: imp.prune_round()}
 
 
 def batches(count: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -33,17 +41,17 @@ def train(model: nn.Module, method, network: nn.Module | None = None) -> None:
     method.epoch_end()
 
 
-@pytest.mark.parametrize("make", [lambda m: EarlyBird(m, l1=1e-2), lambda m: WORM(m, trigger=1.0, queue=2),
-                                  lambda m: IMP(m, rate=0.5)], ids=["earlybird", "worm", "imp"])
-def test_methods_on_a_compiled_model_match_eager(make):
+@pytest.mark.parametrize("name", list(METHODS))
+def test_methods_on_a_compiled_model_match_eager(name):
     torch.manual_seed(0)
     eager = vgg_small(width=8)
     compiled_model = copy.deepcopy(eager)
     results = []
     for model, network in ((eager, eager), (compiled_model, torch.compile(compiled_model, backend="aot_eager"))):
-        method = make(model)  # made on the bare module: the compiled wrapper shares its parameters
-        if isinstance(method, IMP):
-            method.prune_round()
+        # made on the bare module: the compiled wrapper shares its parameters
+        method = METHODS[name](model, **{**REQUIRED.get(name, {}), **COMPILED_SETTINGS.get(name, {})})
+        if name in PREPARE:
+            PREPARE[name](method)
         train(model, method, network)
         train(model, method, network)
         results.append(model.state_dict())
@@ -76,13 +84,13 @@ def test_loss_scaling_unscale_before_the_hook_gives_the_fp32_update():
     assert not torch.allclose(gammas["wrong_order"], gammas["reference"], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["EarlyBird", "WORM", "GemMiner", "IMP"])
+@pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_has_the_same_hooks(name):
-    cls = getattr(sparseticket, name)  # top-level exports
-    assert cls is getattr(sparseticket.methods, name)
+    cls = METHODS[name]
+    assert getattr(sparseticket, cls.__name__) is cls is getattr(sparseticket.methods, cls.__name__)  # exports
     model = vgg_small(width=8)
-    method = cls(model, density=0.5, epochs=2, period=1) if name == "GemMiner" else cls(model)
-    for hook in ("after_backward", "after_step", "epoch_end", "ticket", "state_dict", "load_state_dict"):
+    method = cls(model, **REQUIRED.get(name, {}))
+    for hook in METHOD_HOOKS:
         assert callable(getattr(method, hook)), hook
     images, labels = batches(1)[0]
     for epoch in (1, 2):
@@ -93,7 +101,7 @@ def test_every_method_has_the_same_hooks(name):
         assert method.epoch == epoch  # counted inside
     assert isinstance(method.drawn, bool)
     ticket = method.ticket()
-    assert isinstance(ticket, Ticket) and ticket.method == name.lower()
+    assert isinstance(ticket, Ticket) and ticket.method == name
     assert ticket.masks or ticket.channel_masks
 
 

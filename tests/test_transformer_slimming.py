@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.transformer_model import TinyTransformer
+from sparseticket.builtin.transformer_model import TinyTransformer
 from sparseticket.methods import EarlyBird
 from sparseticket.methods.transformer import (
     SelfAttention,

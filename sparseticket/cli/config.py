@@ -6,10 +6,17 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
-CHANNEL_METHODS = ("earlybird", "worm")
-WEIGHT_METHODS = ("gemminer", "imp")
-BASELINES = ("random", "smart_ratio", "magnitude", "snip", "grasp", "synflow")
-METHODS = CHANNEL_METHODS + WEIGHT_METHODS + BASELINES
+from sparseticket.methods.registry import BASELINES, METHODS, channel_methods
+
+
+def method_choices() -> tuple[str, ...]:
+    """``--method``'s choices: every registered method and baseline (read when the parser is built)."""
+    return (*METHODS, *BASELINES)
+
+
+def is_channel_method(name: str) -> bool:
+    """Whether ``name``'s tickets are channel masks (EarlyBird, WORM: no ``--density``)."""
+    return name in channel_methods()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sparseticket.cli import distributed, presets
-from sparseticket.cli.config import CHANNEL_METHODS, METHODS, RunConfig
+from sparseticket.cli.config import RunConfig, is_channel_method, method_choices
 from sparseticket.cli.report import summarize_compare, summarize_search
 
 _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and why (docs/DEFAULTS.md)
@@ -102,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparseticket", description="Find lottery tickets fast.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     search = commands.add_parser("search", help="find, fine-tune and evaluate one ticket")
-    search.add_argument("--method", choices=METHODS, default="earlybird", help="ticket method")
+    search.add_argument("--method", choices=method_choices(), default="earlybird", help="ticket method")
     _add_run_flags(search, skip=("method",))
     search.add_argument("--resume", type=Path, default=None,
                         help="continue an interrupted run folder (its config.json; other run flags are ignored)")
     compare = commands.add_parser("compare", help="several methods on the same model, data and seed")
-    compare.add_argument("--methods", nargs="+", choices=METHODS,
+    compare.add_argument("--methods", nargs="+", choices=method_choices(),
                          default=["earlybird", "worm", "gemminer", "imp", "random"], help="methods to compare")
     compare.add_argument("--densities", nargs="+", type=float, default=[0.05],
                          help="densities for the weight methods (default: 0.05)")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(compare, skip=("method", "density"))
     commands.add_parser("info", help="versions, active kernels, threads")
     commands.add_parser("reproduce", help="the papers' claims on the built-in task, over seeds (claims.md)",
-                        add_help=False)  # its own flags: sparseticket.experiments.claims
+                        add_help=False)  # its own flags: sparseticket.studies.claims
     return parser
 
 
@@ -131,8 +131,8 @@ def _config(arguments: argparse.Namespace, **overrides) -> RunConfig:
 
 
 def _check(config: RunConfig) -> None:
-    from sparseticket.experiments.datasets import DATASETS
-    from sparseticket.experiments.models import MODELS
+    from sparseticket.builtin.datasets import DATASETS
+    from sparseticket.builtin.models import MODELS
 
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; choose from {', '.join(MODELS)}")
@@ -194,7 +194,7 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
     configs = []
     for seed in seeds:
         for method in arguments.methods:
-            densities = [None] if method in CHANNEL_METHODS else arguments.densities
+            densities = [None] if is_channel_method(method) else arguments.densities
             for density in densities:
                 config = _config(arguments, method=method, seed=seed, **({"density": density} if density else {}))
                 _check(config)
@@ -204,7 +204,7 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
     for index, config in enumerate(configs, 1):
         run_dir = arguments.out / config.run_name()
         finished = _finished_run(run_dir, config)
-        what = config.method + (f" at density {config.density:g}" if config.method not in CHANNEL_METHODS else "")
+        what = config.method + (f" at density {config.density:g}" if not is_channel_method(config.method) else "")
         say(f"== run {index}/{len(configs)}: seed {seeds.index(config.seed) + 1}/{len(seeds)} ({config.seed}), "
             f"{what}" + (f": already finished, not retrained ({run_dir.name})" if finished else ""), flush=True)
         result = Search(config, run_dir, progress=not arguments.no_progress and not finished, processes=processes,
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["reproduce"]:  # its own parser and flags
-        from sparseticket.experiments.claims import main as reproduce
+        from sparseticket.studies.claims import main as reproduce
 
         return reproduce(argv[1:])
     arguments = build_parser().parse_args(argv)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsparseticket: interrupted{rank}; the run folder resumes with --resume RUN_DIR", file=sys.stderr)
         code = 130
     except Exception as error:  # noqa: BLE001 - user errors become one line
-        from sparseticket.experiments.datasets import DatasetUnavailable
+        from sparseticket.builtin.datasets import DatasetUnavailable
 
         if not isinstance(error, (ValueError, DatasetUnavailable, FileNotFoundError)):
             raise

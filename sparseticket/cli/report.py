@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sparseticket.cli.config import CHANNEL_METHODS
+from sparseticket.cli.config import is_channel_method
 from sparseticket.cli.files import write_text
 
 
@@ -39,7 +39,7 @@ def _markdown(rows: list[tuple[str, str]]) -> str:
 
 def summarize_search(result) -> str:
     """Write ``summary.md`` and the run's plots; return the table for the terminal."""
-    from sparseticket.experiments import plots
+    from sparseticket.reporting import plots
 
     rows = _search_rows(result)
     write_text(result.run_dir / "summary.md", f"# {result.run_dir.name}\n\n{_markdown(rows)}")
@@ -66,7 +66,7 @@ _ACCURACY_DIGITS, _EPOCH_DIGITS = 3, 1
 
 def _group(result) -> Group:
     """The table row a run belongs to: its method and (weight methods) its target density."""
-    return result.config.method, None if result.config.method in CHANNEL_METHODS else result.config.density
+    return result.config.method, None if is_channel_method(result.config.method) else result.config.density
 
 
 def _real_density(result) -> float:
@@ -100,7 +100,7 @@ def _measures(result) -> dict[str, float | None]:
     """The per-seed figures a comparison summarises (None where a run has no such figure)."""
     finetune_rows = [row for row in result.rows if row.get("phase") == "finetune"]
     distorted = finetune_rows[-1].get("test_accuracy_distorted") if finetune_rows else None
-    channel = result.config.method in CHANNEL_METHODS
+    channel = is_channel_method(result.config.method)
     found = result.extra.get("found_epoch") if channel else None
     measures = {"test acc": result.accuracy,
                 "distorted acc": distorted if isinstance(distorted, (int, float)) else None,
@@ -113,7 +113,7 @@ def _measures(result) -> dict[str, float | None]:
 
 def _cell(values: list[float], digits: int, interval: bool) -> str:
     """One table cell: the value for one seed, ``mean ± std [95% CI]`` for several."""
-    from sparseticket.experiments.stats import format_summary, summary
+    from sparseticket.reporting.stats import format_summary, summary
 
     if not values:
         return "–"
@@ -142,7 +142,7 @@ def _table(groups: dict[Group, list], columns: list[str], several: bool) -> str:
                 continue
             values = [m[column] for m in (_measures(run) for run in runs) if m.get(column) is not None]
             cell = _cell(values, *_digits(column))
-            if column == "found epoch" and method in CHANNEL_METHODS and len(values) < len(runs):
+            if column == "found epoch" and is_channel_method(method) and len(values) < len(runs):
                 cell += f" ({len(values)}/{len(runs)} drew)"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
@@ -177,7 +177,7 @@ def _label(group: Group) -> str:
 
 def _significance(groups: dict[Group, list], columns: list[str]) -> str:
     """Markdown: for each pair the papers compare, the paired difference, its p-value and the verdict."""
-    from sparseticket.experiments.stats import ALPHA, format_summary, paired_test
+    from sparseticket.reporting.stats import ALPHA, format_summary, paired_test
 
     pairs = _compared_pairs(groups, columns)
     lines = ["## Significance", "",
@@ -233,8 +233,8 @@ def _trigger_section(groups: dict[Group, list]) -> str:
 
 def _compare_plots(groups: dict[Group, list], out: Path) -> None:
     """accuracy_vs_density.png (error bars: std over seeds), found_epoch.png, mask_distance.png (first seed)."""
-    from sparseticket.experiments import plots
-    from sparseticket.experiments.stats import summary
+    from sparseticket.reporting import plots
+    from sparseticket.reporting.stats import summary
 
     by_method: dict[str, list[tuple[float, float, float | None]]] = {}
     found: dict[str, list[float]] = {}
@@ -281,7 +281,7 @@ def summarize_compare(results: list, out: Path) -> str:
     seeds = sorted({result.config.seed for result in results})
     several = any(len(runs) > 1 for runs in groups.values())
     present = {key for result in results for key, value in _measures(result).items() if value is not None}
-    if any(method in CHANNEL_METHODS for method, _ in groups):
+    if any(is_channel_method(method) for method, _ in groups):
         present.add("found epoch")  # shown even when no seed drew a ticket ("0/n drew")
     columns = [key for key in dict.fromkeys(k for result in results for k in _measures(result)) if key in present]
     table = _table(groups, columns, several)

@@ -26,12 +26,16 @@ custom optimizers) is taken to hand over unscaled gradients. bf16 needs no scale
 Files, on the main process: the ticket (``method.ticket().save``) goes to
 ``{output_dir}/{ticket_name}`` when it is drawn and at the end of training if it was not drawn in
 this run; the method's state goes next to every Trainer checkpoint as
-``checkpoint-{global_step}/sparseticket_method.pt`` (written atomically). Callbacks do not see the
-path ``trainer.train(resume_from_checkpoint=...)`` was given; when the Trainer resumed (a global
-step > 0 at ``on_train_begin``) the callback loads the state from ``args.resume_from_checkpoint``
-or ``{output_dir}/checkpoint-{global_step}`` (whichever holds it for that step), and raises if
-neither does: call ``callback.load(checkpoint_dir)`` before ``trainer.train`` to name the folder.
+``checkpoint-{global_step}/sparseticket_method.pt`` (written by ``sparseticket.files.atomic_write``).
+Callbacks do not see the path ``trainer.train(resume_from_checkpoint=...)`` was given; when the
+Trainer resumed (a global step > 0 at ``on_train_begin``) the callback loads the state from
+``args.resume_from_checkpoint`` or ``{output_dir}/checkpoint-{global_step}`` (whichever holds it
+for that step), and raises if neither does: call ``callback.load(checkpoint_dir)`` before
+``trainer.train`` to name the folder.
 IMP's ``load_state_dict`` gets the Trainer's optimizer and scheduler (to rewind a captured state).
+``on_train_begin`` calls ``method.check_placement()``: build GemMiner and IMP on the model already
+on its training device and dtype (the Trainer moves the model in its constructor; add the callback
+after it with ``trainer.add_callback``), or the callback raises.
 
 Gem-Miner: the Trainer builds its optimizer over the trainable parameters, which are the scores;
 ``after_backward`` (the fused score step) clears their gradients, so the Trainer's optimizer finds
@@ -42,10 +46,8 @@ decay included). ``max_grad_norm`` clips the score gradients before the score st
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -63,13 +65,13 @@ if not all(hasattr(TrainerCallback, hook) for hook in ("on_pre_optimizer_step", 
                       "on_pre_optimizer_step/on_optimizer_step callbacks (tested with 5.24): "
                       "pip install -U 'sparseticket[hf]'")
 
+from sparseticket.files import atomic_write
 from sparseticket.methods.distributed import unwrap
-from sparseticket.methods.ticket import default_file_mode
+from sparseticket.methods.protocol import Method, check_method
 
 __all__ = ["METHOD_STATE_NAME", "SparseTicketCallback", "read_method_state"]
 
 METHOD_STATE_NAME = "sparseticket_method.pt"
-_HOOKS = ("after_backward", "after_step", "epoch_end", "ticket", "state_dict", "load_state_dict")
 
 
 def read_method_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
@@ -79,19 +81,6 @@ def read_method_state(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint_dir: {checkpoint_dir} holds no {METHOD_STATE_NAME} "
                                 "(not written by SparseTicketCallback.on_save)")
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _write_atomically(state: dict[str, Any], path: str) -> None:
-    """torch.save into a temporary file of the same folder, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".sparseticket-", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, temporary)
-        os.chmod(temporary, default_file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _torch_optimizer(optimizer: Any) -> Any:
@@ -123,7 +112,8 @@ def _found_inf(scaler: Any, optimizer: Any) -> bool:
 class SparseTicketCallback(TrainerCallback):
     """Calls ``method``'s hooks from the Trainer's loop, saves its ticket and checkpoints its state.
 
-    ``method``: an ``EarlyBird``, ``WORM``, ``GemMiner`` or ``IMP`` built on the Trainer's model;
+    ``method``: a ``sparseticket.Method`` (``EarlyBird``, ``WORM``, ``GemMiner``, ``IMP``: any of
+    ``sparseticket.METHODS``) built on the Trainer's model;
     ``stop_when_drawn``: stop training at the end of the epoch ``method.drawn`` becomes True;
     ``ticket_name``: file name of the ticket in ``args.output_dir``; ``resume``: load the method
     state when the Trainer resumes from a checkpoint (False: keep the method as it is).
@@ -131,19 +121,14 @@ class SparseTicketCallback(TrainerCallback):
 
     def __init__(self, method: Any, *, stop_when_drawn: bool = True, ticket_name: str = "ticket.safetensors",
                  resume: bool = True) -> None:
-        missing = [name for name in _HOOKS if not callable(getattr(method, name, None))]
-        if not hasattr(method, "drawn"):
-            missing.append("drawn")
-        if missing:
-            raise TypeError(f"method must be a sparseticket method (EarlyBird, WORM, GemMiner, IMP); "
-                            f"{type(method).__name__} lacks {', '.join(missing)}")
+        method = check_method(method)
         if not isinstance(stop_when_drawn, bool):
             raise TypeError(f"stop_when_drawn must be a bool, got {stop_when_drawn!r}")
         if not isinstance(resume, bool):
             raise TypeError(f"resume must be a bool, got {resume!r}")
         if not isinstance(ticket_name, str) or not ticket_name or os.path.basename(ticket_name) != ticket_name:
             raise ValueError(f"ticket_name must be a file name (no folder), got {ticket_name!r}")
-        self.method = method
+        self.method: Method = method
         self.stop_when_drawn = stop_when_drawn
         self.ticket_name = ticket_name
         self.resume = resume
@@ -173,11 +158,8 @@ class SparseTicketCallback(TrainerCallback):
         for folder in candidates:
             if os.path.isfile(os.path.join(folder, METHOD_STATE_NAME)) and self._step_of(folder) in (
                     None, state.global_step):
-                extra = {}
-                parameters = inspect.signature(self.method.load_state_dict).parameters
-                if "optimizer" in parameters:  # IMP: rewinds the Trainer's optimizer and scheduler
-                    extra = {"optimizer": kwargs.get("optimizer"), "scheduler": kwargs.get("lr_scheduler")}
-                self.load(folder, **extra)
+                # IMP rewinds the Trainer's optimizer and scheduler to its captured states; the others ignore them
+                self.load(folder, optimizer=kwargs.get("optimizer"), scheduler=kwargs.get("lr_scheduler"))
                 return
         raise FileNotFoundError(
             f"the Trainer resumed at global step {state.global_step}, but no {METHOD_STATE_NAME} for that step "
@@ -202,18 +184,21 @@ class SparseTicketCallback(TrainerCallback):
             warnings.warn(f"SparseTicketCallback: no checkpoint folder {folder} (hyperparameter search runs "
                           "save elsewhere): the method state was not saved", stacklevel=2)
             return
-        _write_atomically(self.method.state_dict(), os.path.join(folder, METHOD_STATE_NAME))
+        state = self.method.state_dict()
+        atomic_write(os.path.join(folder, METHOD_STATE_NAME), lambda temporary: torch.save(state, temporary))
 
     # ----------------------------------------------------------------- training
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
-        """Keep the optimizer, check the method's model is the Trainer's, load the state on resume."""
+        """Keep the optimizer, check the method's model is the Trainer's and its placement, load the
+        state on resume."""
         self.optimizer = kwargs.get("optimizer")
         model, method_model = kwargs.get("model"), getattr(self.method, "model", None)
         if isinstance(model, nn.Module) and isinstance(method_model, nn.Module):
             if not any(module is method_model for module in unwrap(model).modules()):
                 raise ValueError(f"method: this {type(self.method).__name__} was built on another model than "
                                  "the Trainer's (build it on the model passed to Trainer, after any model_init)")
+        self.method.check_placement()
         if self.resume and not self._pending_load and state.global_step > 0:
             self._resume(args, state, **kwargs)
         self._pending_load = False

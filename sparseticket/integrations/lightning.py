@@ -68,52 +68,9 @@ except ImportError:  # the standalone package
         raise ImportError("sparseticket.integrations.lightning needs Lightning (`lightning` or "
                           "`pytorch_lightning`): pip install 'sparseticket[lightning]'") from error
 
+from sparseticket.methods.protocol import Method, check_method
+
 __all__ = ["SparseTicketCallback"]
-
-METHOD_HOOKS = ("after_backward", "after_step", "epoch_end", "ticket", "state_dict", "load_state_dict")
-
-
-def _hooked_parameters(method: Any) -> list[torch.Tensor]:
-    """The parameters whose gradients the method's ``after_backward`` reads or edits ([] if unknown)."""
-    from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner
-
-    if isinstance(method, GemMiner):
-        return [_layer_scores(weight) for weight in method.weights]
-    if isinstance(method, EarlyBird):
-        params = [layer.gamma for layer in method.layers]
-        if isinstance(method, WORM):
-            params += [layer.beta for layer in method.layers if layer.beta is not None]
-            params += [module.weight for module in method.filters]
-        return params
-    if isinstance(method, IMP):
-        return list(method.weights)
-    return []
-
-
-def _layer_scores(weight: Any) -> torch.Tensor:
-    """One Gem-Miner layer's scores Parameter (registered on the layer's weight parametrization)."""
-    return getattr(weight.module.parametrizations, weight.attr)[0].scores
-
-
-def _check_devices(method: Any) -> None:
-    """Raise when Gem-Miner's or IMP's state no longer sits with the weights (model moved after)."""
-    from sparseticket.methods import IMP, GemMiner
-
-    if isinstance(method, GemMiner):
-        flat = method.scores.untyped_storage().data_ptr()
-        for weight in method.weights:
-            scores = _layer_scores(weight)
-            if scores.untyped_storage().data_ptr() != flat:
-                raise RuntimeError(
-                    f"GemMiner: the scores of {weight.name} ({scores.device}, {scores.dtype}) no longer share "
-                    f"memory with gm.scores ({method.scores.device}): the model was moved or cast after "
-                    "GemMiner was created. Move the LightningModule to its device and dtype first, then "
-                    "create GemMiner (Lightning then leaves it in place)")
-    elif isinstance(method, IMP) and not method.sharded:
-        for name, mask, weight in zip(method.names, method.masks, method.weights):
-            if mask.device != weight.device:
-                raise RuntimeError(f"IMP: the mask of {name} is on {mask.device}, the weight on {weight.device}: "
-                                   "create IMP after moving the LightningModule to its device")
 
 
 def _scaler(trainer: pl.Trainer) -> Any:
@@ -132,26 +89,22 @@ def _scaler_found_inf(scaler: Any, optimizer: Any) -> bool:
 class SparseTicketCallback(pl.Callback):
     """Runs ``method``'s hooks inside ``Trainer.fit`` and writes its ticket.
 
-    ``method``: an ``EarlyBird``, ``WORM``, ``GemMiner`` or ``IMP`` (anything with their hooks),
-    made from the LightningModule's bare network. ``stop_when_drawn``: stop training at the end
-    of the epoch where ``method.drawn`` becomes True. ``ticket_path``: where rank zero writes the
-    ticket when it is drawn and at the end of training (unless it was written when drawn, so a
-    run that trains on keeps the drawn ticket); relative paths are under
+    ``method``: a ``sparseticket.Method`` (``EarlyBird``, ``WORM``, ``GemMiner``, ``IMP``: any of
+    ``sparseticket.METHODS``), made from the LightningModule's bare network. ``stop_when_drawn``:
+    stop training at the end of the epoch where ``method.drawn`` becomes True. ``ticket_path``:
+    where rank zero writes the ticket when it is drawn and at the end of training (unless it was
+    written when drawn, so a run that trains on keeps the drawn ticket); relative paths are under
     ``trainer.default_root_dir``; None writes nothing. ``saved_path`` holds the last path written.
     """
 
     def __init__(self, method: Any, *, stop_when_drawn: bool = True,
                  ticket_path: str | os.PathLike | None = "ticket.safetensors") -> None:
-        missing = [hook for hook in METHOD_HOOKS if not callable(getattr(method, hook, None))]
-        if missing or not hasattr(type(method), "drawn"):
-            lacks = missing + ([] if hasattr(type(method), "drawn") else ["drawn"])
-            raise TypeError(f"method must be a sparseticket method (EarlyBird, WORM, GemMiner, IMP) with "
-                            f"{', '.join(METHOD_HOOKS)} and drawn; {type(method).__name__} lacks {', '.join(lacks)}")
+        method = check_method(method)
         if not isinstance(stop_when_drawn, bool):
             raise TypeError(f"stop_when_drawn must be a bool, got {stop_when_drawn!r}")
         if ticket_path is not None and not isinstance(ticket_path, (str, os.PathLike)):
             raise TypeError(f"ticket_path must be a path or None, got {type(ticket_path).__name__}")
-        self.method = method
+        self.method: Method = method
         self.stop_when_drawn = stop_when_drawn
         self.ticket_path = ticket_path
         self.saved_path: str | None = None
@@ -179,23 +132,19 @@ class SparseTicketCallback(pl.Callback):
         self._pending_state = state_dict
 
     def _apply_pending_state(self, trainer: pl.Trainer) -> None:
-        from sparseticket.methods import IMP
-
+        """``method.load_state_dict`` with this fit's first optimizer and scheduler (IMP rewinds its
+        captured states into them; the other methods ignore them)."""
         state, self._pending_state = self._pending_state, None
-        captured = state.get("captured") if isinstance(self.method, IMP) else None
-        if captured:  # IMP's captured optimizer/scheduler states rewind this fit's
-            optimizer = trainer.optimizers[0] if captured.get("optimizer") is not None and trainer.optimizers else None
-            configs = trainer.lr_scheduler_configs
-            scheduler = configs[0].scheduler if captured.get("scheduler") is not None and configs else None
-            self.method.load_state_dict(state, optimizer=optimizer, scheduler=scheduler)
-        else:
-            self.method.load_state_dict(state)
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        configs = trainer.lr_scheduler_configs
+        scheduler = configs[0].scheduler if configs else None
+        self.method.load_state_dict(state, optimizer=optimizer, scheduler=scheduler)
 
     # ----------------------------------------------------------------- fit
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check devices and the optimizer, apply a restored state."""
-        _check_devices(self.method)
-        self._params = _hooked_parameters(self.method)
+        """Check placement and that the optimizer holds the hooked parameters; apply a restored state."""
+        self.method.check_placement()
+        self._params = list(self.method.hooked_parameters())
         if _scaler(trainer) is not None and self._params:
             in_optimizers = {id(p) for optimizer in trainer.optimizers for group in optimizer.param_groups
                              for p in group["params"]}
@@ -251,7 +200,7 @@ class SparseTicketCallback(pl.Callback):
         """Write the ticket (unless written when drawn); every rank builds it, rank zero writes."""
         if self._saved_when_drawn or self.ticket_path is None:
             return
-        if getattr(self.method, "epoch", 1) == 0:
+        if self.method.epoch == 0:
             rank_zero_warn("SparseTicketCallback: no training epoch ended, so no ticket was written")
             return
         self.save_figure(trainer)

@@ -11,15 +11,21 @@ from sparseticket.methods.baselines import (
 from sparseticket.methods.earlybird import EarlyBird
 from sparseticket.methods.gemminer import GemMiner
 from sparseticket.methods.imp import IMP
-from sparseticket.methods.ticket import Ticket
+from sparseticket.methods.protocol import METHOD_HOOKS, Method
+from sparseticket.methods.registry import BASELINES, METHODS, channel_methods, weight_methods
 from sparseticket.methods.sanity import inverted_ticket, reinitialized, sanity_checks, shuffled_ticket
 from sparseticket.methods.stability import STABLE_BARRIER, Barrier, error_barrier, instability
 from sparseticket.methods.structured import PruneReport, prune_channels, prune_model
+from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.transformer import attach_slimming, prune_transformer
 from sparseticket.methods.worm import WORM
 
 __all__ = [
+    "BASELINES",
     "IMP",
+    "METHODS",
+    "METHOD_HOOKS",
+    "Method",
     "STABLE_BARRIER",
     "Barrier",
     "error_barrier",
@@ -30,6 +36,7 @@ __all__ = [
     "PruneReport",
     "Ticket",
     "attach_slimming",
+    "channel_methods",
     "grasp_ticket",
     "inverted_ticket",
     "magnitude_ticket",
@@ -43,4 +50,5 @@ __all__ = [
     "prune_channels",
     "prune_model",
     "prune_transformer",
+    "weight_methods",
 ]

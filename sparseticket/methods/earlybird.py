@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparseticket.methods.consistency import assert_same_on_all_ranks
-from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.bn_channels import (
     ChannelLayer,
     channel_importance,
     channel_layers,
     relative_importance,
 )
+from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.ops import TruncationPlan, mask_distances, unpack_mask
 
@@ -64,6 +64,8 @@ class EarlyBird:
     """
 
     METHOD = "earlybird"  # the tag of state_dict(): a state loads only into the same method
+    name = METHOD  # its key in sparseticket.METHODS
+    kind = "channel"  # channel masks: physically prunable
 
     def __init__(
         self,
@@ -157,8 +159,9 @@ class EarlyBird:
             } for tracker in self.trackers],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a copy of a ``state_dict()`` of the same method, ratios, queue and channel count."""
+    def load_state_dict(self, state: dict[str, Any], *, optimizer: Any = None, scheduler: Any = None) -> None:
+        """Restore a copy of a ``state_dict()`` of the same method, ratios, queue and channel count
+        (``optimizer``/``scheduler``: accepted for the ``Method`` protocol, unused)."""
         if not isinstance(state, dict) or state.get("method") != self.METHOD:
             found = state.get("method") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__}.load_state_dict: state of method {found!r}, "
@@ -187,6 +190,21 @@ class EarlyBird:
             ))
         self.trackers = trackers
         self.epoch = state["epoch"]
+
+    # ----------------------------------------------------------------- protocol
+    def hooked_parameters(self) -> list[torch.Tensor]:
+        """The tensors whose gradients ``after_backward`` edits: every tracked scale (BN gamma)."""
+        return [layer.gamma for layer in self.layers]
+
+    def check_placement(self) -> None:
+        """RuntimeError if the mask queue is on another device than the scales (model moved after epochs)."""
+        device = self.layers[0].gamma.device
+        for tracker in self.trackers:
+            state = tracker.masks + ([] if tracker.static_runs is None else [tracker.static_runs])
+            if any(tensor.device != device for tensor in state):
+                raise RuntimeError(f"{type(self).__name__}: the mask queue of ratio {tracker.ratio} is on "
+                                   f"{state[0].device}, the BN scales on {device}: the model was moved after "
+                                   "epoch_end; call load_state_dict(state_dict()) to bring the queue along")
 
     # ----------------------------------------------------------------- results
     def _single(self, values: list):

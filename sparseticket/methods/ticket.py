@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,18 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import prune
 
+from sparseticket.files import atomic_write
 from sparseticket.methods.distributed import unwrap
 from sparseticket.ops import TruncationPlan
 
 FORMAT = "sparseticket-ticket/1"
 _SECTIONS = {"mask": "masks", "score": "scores", "channel": "channel_masks"}
-
-
-def default_file_mode() -> int:
-    """The permissions ``open()`` would give a new file (0o666 less the umask); ``mkstemp`` gives 0o600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 @dataclass
@@ -60,23 +53,14 @@ class Ticket:
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
-        """Write to ``path`` as safetensors; atomic (a temporary file renamed into place)."""
+        """Write to ``path`` as safetensors, atomically and flushed to disk (``sparseticket.files.atomic_write``)."""
         tensors = {}
         for prefix, section in _SECTIONS.items():
             for name, tensor in getattr(self, section).items():
                 tensors[f"{prefix}/{name}"] = tensor.detach().cpu().contiguous()
         metadata = {"format": FORMAT, "method": self.method, "order": json.dumps(list(tensors)),
                     "hyperparameters": json.dumps(self.hyperparameters, sort_keys=True)}
-        directory = os.path.dirname(os.path.abspath(path))
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".ticket-", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata=metadata)
-            os.chmod(temporary, default_file_mode())  # mkstemp's 0o600 -> what open() would give
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Ticket:

@@ -42,6 +42,7 @@ class WORM(EarlyBird):
     """
 
     METHOD = "worm"
+    name = METHOD  # its key in sparseticket.METHODS
 
     def __init__(
         self,
@@ -127,14 +128,20 @@ class WORM(EarlyBird):
         """EarlyBird's state plus the trigger state (the keep masks are rebuilt from the queue)."""
         return {**super().state_dict(), "truncating": self.truncating, "trigger_epoch": self.trigger_epoch}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a WORM ``state_dict()``, then rebuild the keep masks of a triggered run."""
+    def load_state_dict(self, state: dict[str, Any], *, optimizer: Any = None, scheduler: Any = None) -> None:
+        """Restore a WORM ``state_dict()``, then rebuild the keep masks of a triggered run
+        (``optimizer``/``scheduler``: accepted for the ``Method`` protocol, unused)."""
         super().load_state_dict(state)
         self.truncating = state["truncating"]
         self.trigger_epoch = state["trigger_epoch"]
         self._keep, self._plans = [], []
         if self.truncating:
             self._refresh_keep()
+
+    def hooked_parameters(self) -> list[torch.Tensor]:
+        """EarlyBird's scales, then the shifts (BN beta) and producing filters it truncates once triggered."""
+        shifts = [layer.beta for layer in self.layers if layer.beta is not None]
+        return super().hooked_parameters() + shifts + [module.weight for module in self.filters]
 
     def _hyperparameters(self) -> dict[str, Any]:
         return {**super()._hyperparameters(), "trigger": self.trigger, "chi": self.chi, "static": self.static,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sparseticket.experiments.transformer_model import TinyTransformer
+from sparseticket.builtin.transformer_model import TinyTransformer
 
 
 def vgg_small(classes: int = 10, width: int = 16, in_channels: int = 1) -> nn.Sequential:

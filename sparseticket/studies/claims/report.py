@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparseticket.experiments.stats import summary
-from sparseticket.experiments.claims.settings import QUEUE, STABLE_BARRIER, Settings
-from sparseticket.experiments.claims.units import digits_split, steps_per_epoch
-from sparseticket.experiments.claims.runner import Unit
-from sparseticket.experiments.claims.verdicts import (
+from sparseticket.reporting.stats import summary
+from sparseticket.studies.claims.runner import Unit
+from sparseticket.studies.claims.settings import QUEUE, STABLE_BARRIER, Settings
+from sparseticket.studies.claims.units import digits_split, steps_per_epoch
+from sparseticket.studies.claims.verdicts import (
     ClaimRow,
     barrier_table,
     claim_at_pruning,
@@ -20,6 +20,7 @@ from sparseticket.experiments.claims.verdicts import (
     found_epoch_of,
     imp_rewind_description,
 )
+
 
 # ============================================================================ report
 def _format_p(p_value: float | None) -> str:
@@ -86,7 +87,7 @@ def render(rows: Sequence[ClaimRow], paragraphs: Sequence[tuple[str, str]], sett
 def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], other_seeds: Sequence[int],
                 settings: Settings, out: Path) -> list[Path]:
     """found_epochs.png, accuracy_at_pruning.png, accuracy_vs_search.png and barrier_vs_k.png."""
-    from sparseticket.experiments.plots import new_figure, save_figure
+    from sparseticket.reporting.plots import new_figure, save_figure
 
     found = [records[Unit("found", s).name]["result"] for s in found_seeds]
     paths = []
@@ -149,7 +150,7 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
     figure = new_figure(figsize=(3.5 * len(densities), 3.8))
     axes = figure.subplots(1, len(densities), sharey=True, squeeze=False)[0]
     per_epoch = steps_per_epoch(settings)
-    from sparseticket.experiments.schedules import parse_rewind_step
+    from sparseticket.driver.schedules import parse_rewind_step
 
     ks = [parse_rewind_step(r, per_epoch) for r in settings.rewind_steps]
     for axis, density in zip(axes, densities):
@@ -169,7 +170,7 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
 def write_report(records: dict[str, dict[str, Any]], settings: Settings, seeds: int, seeds_other: int, out: Path,
                  command: str, seconds: float) -> Path:
     """Compute every verdict, write claims.md and the plots; returns the path of claims.md."""
-    from sparseticket.cli.files import atomic_write
+    from sparseticket.files import atomic_write
 
     found = [records[Unit("found", s).name] for s in range(seeds)]
     other = list(range(seeds_other))

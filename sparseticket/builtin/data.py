@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from sparseticket.experiments.augment import augment_digits, distorted_test_images
+from sparseticket.builtin.augment import augment_digits, distorted_test_images
 
 AUGMENT_SEED_OFFSET = 0x5EED_A06  # the distortions of a loader seeded s come from seed s + this
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sparseticket.experiments.data import Split, load_digits_split
+from sparseticket.builtin.data import Split, load_digits_split
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 IMAGE_SIZE = 32

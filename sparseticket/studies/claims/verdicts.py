@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sparseticket.experiments.stats import PairedTest, Summary, format_summary, paired_test, summary
-from sparseticket.experiments.claims.settings import FAR_LESS, NON_INFERIORITY, QUEUE, STABLE_BARRIER, Settings
-from sparseticket.experiments.claims.units import prunes_to
-from sparseticket.experiments.claims.runner import Unit
+from sparseticket.reporting.stats import PairedTest, Summary, format_summary, paired_test, summary
+from sparseticket.studies.claims.runner import Unit
+from sparseticket.studies.claims.settings import FAR_LESS, NON_INFERIORITY, QUEUE, STABLE_BARRIER, Settings
+from sparseticket.studies.claims.units import prunes_to
 
 
 # ============================================================================ verdicts

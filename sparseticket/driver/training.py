@@ -1,40 +1,69 @@
-"""A plain training loop for the experiments (with hooks where the methods plug in), evaluation and
-BatchNorm recalibration."""
+"""The one training loop (with hooks where the methods plug in), evaluation and BatchNorm recalibration."""
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from sparseticket.experiments.data import Split
+from sparseticket.builtin.data import Split
 from sparseticket.methods import Ticket
+
+Hook = Callable[[], object]
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    after_backward: Sequence[Hook] = (),
+    after_step: Sequence[Hook] = (),
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+) -> tuple[float, int]:
+    """The training loop every search, fine-tuning and study runs: one step per batch.
+
+    Each step: zero the gradients, forward, loss, backward, the ``after_backward`` hooks (a
+    method's gradient edits; Gem-Miner's score step), ``optimizer.step()``, ``scheduler.step()``,
+    the ``after_step`` hooks. Without an optimizer the hooks do all the updating. Returns (sum of
+    the batch losses weighted by batch size, examples) on this process.
+    """
+    model.train()
+    total, count = 0.0, 0
+    for inputs, targets in batches:
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        loss = loss_function(model(inputs), targets)
+        loss.backward()
+        for hook in after_backward:
+            hook()
+        if optimizer is not None:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for hook in after_step:
+            hook()
+        total += loss.item() * len(targets)
+        count += len(targets)
+    return total, count
 
 
 def train_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     *,
-    after_backward: Callable[[], None] | None = None,
+    after_backward: Hook | None = None,
 ) -> float:
-    """One epoch of cross-entropy training; ``after_backward`` runs between backward and step."""
-    model.train()
-    total, count = 0.0, 0
-    for images, labels in loader:
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        if after_backward is not None:
-            after_backward()
-        optimizer.step()
-        total += loss.item() * len(labels)
-        count += len(labels)
+    """One epoch of ``train_steps`` over ``loader``; the mean loss."""
+    total, count = train_steps(model, loader, optimizer=optimizer,
+                               after_backward=() if after_backward is None else (after_backward,))
     return total / max(count, 1)
 
 

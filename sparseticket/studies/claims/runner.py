@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from sparseticket.experiments.claims.settings import Settings
-from sparseticket.experiments.claims.units import prunes_to, run_found, run_gemminer, run_imp, run_random
+from sparseticket.studies.claims.settings import Settings
+from sparseticket.studies.claims.units import prunes_to, run_found, run_gemminer, run_imp, run_random
 
 
 # ============================================================================ scheduling and caching
@@ -64,7 +64,7 @@ def load_cached(path: Path, settings: Settings) -> dict[str, Any] | None:
 
 def _write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (a temporary file renamed onto ``path``)."""
-    from sparseticket.cli.files import atomic_write
+    from sparseticket.files import atomic_write
 
     def write(temporary: str) -> None:
         with open(temporary, "w") as file:

@@ -28,11 +28,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sparseticket.experiments.claims.settings import QUEUE, SMALL, VERDICTS, Settings
-from sparseticket.experiments.claims.units import barrier_round, prunes_to, steps_per_epoch
-from sparseticket.experiments.claims.runner import Unit, load_cached, run_units, settings_record
-from sparseticket.experiments.claims.verdicts import directional_verdict
-from sparseticket.experiments.claims.report import write_report
+from sparseticket.studies.claims.report import write_report
+from sparseticket.studies.claims.runner import Unit, load_cached, run_units, settings_record
+from sparseticket.studies.claims.settings import QUEUE, SMALL, VERDICTS, Settings
+from sparseticket.studies.claims.units import barrier_round, prunes_to, steps_per_epoch
+from sparseticket.studies.claims.verdicts import directional_verdict
 
 __all__ = ["QUEUE", "SMALL", "VERDICTS", "Settings", "Unit", "barrier_round", "directional_verdict", "load_cached",
            "main", "prunes_to", "run_units", "settings_record", "steps_per_epoch", "write_report"]
@@ -90,7 +90,7 @@ def settings_from(arguments: argparse.Namespace) -> tuple[Settings, int, int]:
     for flag, value, least in checks:
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
-    from sparseticket.experiments.schedules import parse_rewind_step
+    from sparseticket.driver.schedules import parse_rewind_step
 
     total = settings.round_epochs * steps_per_epoch(settings)
     for rewind in settings.rewind_steps:

@@ -2,19 +2,17 @@
 found epochs over seeds, per-layer densities.
 
 Needs matplotlib (imported lazily, Agg canvas; no pyplot state). Each function writes its PNG atomically
-(a temp file in the same directory, then ``os.replace``) and returns the path.
+(``sparseticket.files.atomic_write``) and returns the path.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sparseticket.methods.ticket import default_file_mode
+from sparseticket.files import atomic_write
 
 STOP_COLOR = "tab:red"
 TRIGGER_COLOR = "tab:green"
@@ -111,7 +109,7 @@ def plot_found_epochs(epochs: Mapping[str, Sequence[float]], path: str | Path, *
         raise ValueError(f"found epochs must be positive finite numbers, got {dict(epochs)}")
     figure = new_figure(figsize=(1.8 + 1.6 * len(epochs), 4.0))
     axis = figure.subplots()
-    for index, (method, values) in enumerate(epochs.items()):
+    for index, values in enumerate(epochs.values()):
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
         axis.bar(index, mean, yerr=std, capsize=6, color="tab:blue", alpha=0.5)
@@ -173,16 +171,7 @@ def new_figure(figsize: tuple[float, float]) -> Any:
 
 
 def save_figure(figure: Any, path: str | Path) -> Path:
-    """Write the figure as a PNG to path atomically (temp file in the same directory, then os.replace)."""
+    """Write the figure as a PNG to ``path``, atomically and flushed to disk; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png")
-        os.chmod(temp, default_file_mode())  # mkstemp's 0o600 -> what open() would give
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return path
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png"))

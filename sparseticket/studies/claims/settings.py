@@ -1,10 +1,8 @@
-"""The settings of a claims run (a cached unit is reused only under equal settings) and the constants of the verdicts."""
+"""The settings of a claims run (a cached unit is reused only under equal settings) and the verdicts' constants."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-
 
 VERDICTS = ("holds", "fails", "inconclusive")
 STABLE_BARRIER = 0.02  # Frankle et al.: stable when the error barrier is below 2%

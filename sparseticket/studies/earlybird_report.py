@@ -1,6 +1,6 @@
 """EarlyBird vs WORM on digits with the small VGG: epochs to ticket, accuracy around pruning.
 
-``python -m sparseticket.experiments.earlybird_report --seeds 0 1 2 3 4`` prints one row per
+``python -m sparseticket.studies.earlybird_report --seeds 0 1 2 3 4`` prints one row per
 method and seed (same seeds and data order for both methods) and the mean per method.
 """
 
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from sparseticket.experiments.data import Split, load_digits_split
-from sparseticket.experiments.models import vgg_small
-from sparseticket.experiments.training import accuracy, train_epoch
-from sparseticket.methods import WORM, EarlyBird
+from sparseticket.builtin.data import Split, load_digits_split
+from sparseticket.builtin.models import vgg_small
+from sparseticket.driver.data import TrainingData
+from sparseticket.driver.recipe import Schedule
+from sparseticket.driver.search import TicketSearch
 
 
 @dataclass
@@ -35,30 +36,29 @@ class TicketRun:
     seconds: float
 
 
-def run_once(method: type[EarlyBird], data: Split, seed: int, *, width: int = 16, max_epochs: int = 40,
+def report_data(data: Split, seed: int) -> TrainingData:
+    """Batches of 64: search epoch e shuffled by seed ``1000 s + e``, fine-tuning epoch e by ``1000 s + 500 + e``."""
+    def batches(phase: str, epoch: int):
+        return data.train_loader(seed=seed * 1000 + (500 if phase == "finetune" else 0) + epoch)
+
+    return TrainingData(data, batches, len(data.train_loader()))
+
+
+def run_once(method: str, data: Split, seed: int, *, width: int = 16, max_epochs: int = 40,
              finetune_epochs: int = 5) -> TicketRun:
-    """Search a ticket with ``method``, prune it physically, fine-tune it; measure each stage."""
+    """Search a ticket with ``method`` ("earlybird" or "worm") through the driver, prune it
+    physically, fine-tune it; measure each stage."""
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = vgg_small(width=width)
-    tracker = method(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    for epoch in range(max_epochs):
-        train_epoch(model, data.train_loader(seed=seed * 1000 + epoch), optimizer,
-                    after_backward=tracker.after_backward)
-        if tracker.epoch_end():
-            break
-    pruned = tracker.prune(example_inputs=data.test_images[:16], measure_latency=False)
-    pruned_accuracy = accuracy(pruned, data.test_loader())
-    finetune = torch.optim.SGD(pruned.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    for epoch in range(finetune_epochs):
-        train_epoch(pruned, data.train_loader(seed=seed * 1000 + 500 + epoch), finetune)
-    report = tracker.prune_report
+    schedule = Schedule(epochs=max_epochs, lr=0.05, lr_schedule="constant", finetune_epochs=finetune_epochs,
+                        finetune_lr=0.01)
+    result = TicketSearch(method, vgg_small(width=width), report_data(data, seed), schedule).run()
+    search_rows = [row for row in result.rows if row["phase"] == "search"]
+    report = result.extra["prune_report"]
     return TicketRun(
-        method=method.__name__, seed=seed, found_epoch=tracker.found_epoch,
-        trigger_epoch=getattr(tracker, "trigger_epoch", None),
-        dense_accuracy=accuracy(model, data.test_loader()), pruned_accuracy=pruned_accuracy,
-        finetuned_accuracy=accuracy(pruned, data.test_loader()),
+        method=method, seed=seed, found_epoch=result.extra["found_epoch"],
+        trigger_epoch=result.extra["trigger_epoch"], dense_accuracy=search_rows[-1]["test_accuracy"],
+        pruned_accuracy=result.extra["at_pruning"]["accuracy_at_pruning"], finetuned_accuracy=result.accuracy,
         params_ratio=report.params_after / report.params_before,
         macs_ratio=report.macs_after / report.macs_before, seconds=time.perf_counter() - start,
     )
@@ -81,7 +81,7 @@ def main() -> None:
     print(_row(["---"] * len(header)))
     runs: dict[str, list[TicketRun]] = {}
     for seed in arguments.seeds:
-        for method in (EarlyBird, WORM):
+        for method in ("earlybird", "worm"):
             run = run_once(method, data, seed)
             runs.setdefault(run.method, []).append(run)
             print(_row([run.method, str(run.seed), str(run.found_epoch), str(run.trigger_epoch or "-"),

@@ -1,1 +1,0 @@
-"""Built-in models and data for experiments: scikit-learn's digits, small CNNs and a transformer."""

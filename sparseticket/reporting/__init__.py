@@ -1,0 +1,1 @@
+"""Tables, statistics and plots shared by the command line and the studies."""

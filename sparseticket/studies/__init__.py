@@ -1,0 +1,1 @@
+"""Studies built on the driver: the papers' claims (``sparseticket reproduce``) and the reports."""
