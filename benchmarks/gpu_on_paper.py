@@ -255,7 +255,8 @@ def network_rows(prunable: Sequence[Shape], norms: Sequence[Shape]) -> list[Row]
             truncate_fused(prunable, False, False), foreach_ops(prunable, IMP_TRUNCATE_PEER),
             eager_loop(prunable, IMP_TRUNCATE_EAGER)),
         Row("gemminer_step_ (flat scores)", "step",
-            gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER), eager_loop(prunable, GEMMINER_STEP_EAGER)),
+            gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER),
+            eager_loop(prunable, GEMMINER_STEP_EAGER)),
         Row("gemminer_mask forward + backward", "step", gemminer_mask_fused(prunable), mask, mask),
         Row("kth_value over all prunable abs(w)", "round/epoch", kth_fused(prunable), kth_eager(prunable)),
         Row(f"mask_distances (norm channels, K={HISTORY_ROWS})", "epoch",
@@ -289,8 +290,8 @@ def network_table(name: str, shapes: dict[str, list[Shape]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in network_rows(prunable, norms):
-        loop = "—" if row.loop is None else \
-            f"{predicted_seconds(row.loop) * 1e6:.1f} ({predicted_seconds(row.loop) / predicted_seconds(row.fused):.1f}x)"
+        loop = "—" if row.loop is None else (f"{predicted_seconds(row.loop) * 1e6:.1f} "
+                                             f"({predicted_seconds(row.loop) / predicted_seconds(row.fused):.1f}x)")
         lines.append(
             f"| {row.op} | {row.when} | {row.fused.bytes / 1e6:.3f} | {row.fused.launches} (+{row.fused.aux}) | "
             f"{predicted_seconds(row.fused) * 1e6:.1f} | {row.eager.bytes / 1e6:.3f} | {row.eager.launches} | "

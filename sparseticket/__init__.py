@@ -34,7 +34,12 @@ _LAZY = {
         "random_ticket", "magnitude_ticket", "snip_ticket", "grasp_ticket", "synflow_ticket",
         "smart_ratio_ticket", "sanity_checks",
     )},
+    **{name: "sparseticket.driver" for name in (
+        "find_ticket", "TicketSearch", "TicketResult", "Schedule", "TrainingData", "MemoryStore",
+    )},
     "methods": "sparseticket.methods",
+    "driver": "sparseticket.driver",
+    "builtin": "sparseticket.builtin",
     "integrations": "sparseticket.integrations",
 }
 

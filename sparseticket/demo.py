@@ -1,6 +1,6 @@
 """A short tour of the fused ops on a toy CNN: what each computes, on which backend, how fast.
 
-Run with ``python -m sparseticket`` (or the ``sparseticket`` command). It trains a tiny
+Run with ``python -m sparseticket.demo``. It trains a tiny
 conv-BN network for a few steps on synthetic data and applies each op the way the methods do:
 EarlyBird's L1 on BN gamma plus WORM's truncation, the global channel threshold, the mask queue,
 Gem-Miner's masked weights and fused score step.
@@ -97,3 +97,7 @@ def main() -> None:
     print(f"\n{'op':<16} {'us/call':>8}  result")
     for name, what, micros in rows:
         print(f"{name:<16} {micros:>8.1f}  {what}")
+
+
+if __name__ == "__main__":
+    main()

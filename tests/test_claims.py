@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sparseticket.studies import claims
 from sparseticket.reporting.stats import paired_test
+from sparseticket.studies import claims
 
 ROWS = ("1", "2a", "2b", "3", "4")
 PLOTS = ("found_epochs.png", "accuracy_at_pruning.png", "accuracy_vs_search.png", "barrier_vs_k.png")
@@ -55,7 +55,7 @@ def test_claims_md_has_every_claim_with_an_allowed_verdict(small_run: tuple[Path
     text = (out / "claims.md").read_text()
     rows = _table_rows(text)
     assert sorted(rows) == sorted(ROWS)
-    for number, cells in rows.items():
+    for _number, cells in rows.items():
         assert len(cells) == 6, cells  # number | claim | source | measured | p-value | verdict
         verdict = re.match(r"\*\*(\w+)\*\*", cells[5])
         assert verdict is not None and verdict.group(1) in claims.VERDICTS, cells[5]

@@ -114,7 +114,7 @@ def _imp(rank: int | None) -> dict:
     imp.capture(optimizer)
     loss = _loss_fn(network, rank)
     densities = []
-    for round_index in range(2):
+    for _round_index in range(2):
         for epoch in range(2):
             for batch in _global_batches(epoch):
                 optimizer.zero_grad()

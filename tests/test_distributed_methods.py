@@ -27,7 +27,7 @@ def _worm_worker(rank: int, port: int, results) -> None:
         optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
         images, labels = data.train_images[:512], data.train_labels[:512]
         shard = slice(rank * 256, (rank + 1) * 256)  # each rank its half of the global batch
-        for epoch in range(6):
+        for _epoch in range(6):
             for start in range(0, 256, 64):
                 optimizer.zero_grad()
                 batch = slice(shard.start + start, shard.start + start + 64)

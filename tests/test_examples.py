@@ -1,4 +1,4 @@
-"""The README's distributed examples run as written under torchrun (2 gloo processes)."""
+"""docs/distributed.md's examples run as written under torchrun (2 gloo processes)."""
 
 from __future__ import annotations
 

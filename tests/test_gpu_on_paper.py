@@ -64,7 +64,8 @@ def test_rows_carry_the_peer_and_the_per_layer_loop():
     step = rows["gemminer_step_(flat"]
     assert step.eager == paper.eager_loop([(paper.total(prunable),)], paper.GEMMINER_STEP_PEER)
     assert step.loop == paper.eager_loop(prunable, paper.GEMMINER_STEP_EAGER)
-    assert paper.predicted_seconds(step.loop) > paper.predicted_seconds(step.eager) > paper.predicted_seconds(step.fused)
+    predicted = paper.predicted_seconds
+    assert predicted(step.loop) > predicted(step.eager) > predicted(step.fused)
 
 
 def test_gemminer_mask_costs():

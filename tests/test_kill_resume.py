@@ -24,8 +24,8 @@ from filelock import FileLock
 from safetensors import safe_open
 
 from sparseticket.cli.files import load_checkpoint, write_text
-from sparseticket.files import KILL_AT_VARIABLE, atomic_write, remove_leftover_temporaries
 from sparseticket.cli.main import main
+from sparseticket.files import KILL_AT_VARIABLE, atomic_write, remove_leftover_temporaries
 
 TINY = ["--model", "mlp", "--width", "8", "--finetune-epochs", "2", "--no-progress", "--threads", "1"]
 GEMMINER = ["search", "--method", "gemminer", "--epochs", "6", "--density", "0.2", *TINY]

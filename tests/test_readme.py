@@ -90,6 +90,11 @@ def check_readme(ns: dict, cwd: Path) -> None:
 def check_usage(ns: dict, cwd: Path) -> None:
     from sparseticket import Ticket
 
+    found = ns["found"]  # the driver's result
+    assert found.ticket.method == "gemminer" and found.ticket.density() == pytest.approx(0.2, abs=1e-3)
+    assert found.search_epochs == 6 and found.finetune_epochs == 2 and 0 <= found.accuracy <= 1
+    weights = dict(found.model.named_parameters())
+    assert all(not weights[key].detach()[~mask].any() for key, mask in found.ticket.masks.items())
     eb = ns["eb"]
     assert eb.epoch == 2 and not eb.drawn and eb.found_epoch is None  # 2 epochs cannot fill a queue of 5
     kept = sum(int(mask.sum()) for mask in eb.channel_mask().values())

@@ -103,7 +103,7 @@ def mobilenet_v2_groups(model: nn.Module) -> Groups:
         block = model.features[index]
         source = previous
         modules = list(block.conv.named_modules())
-        for position, (name, conv) in enumerate(modules):
+        for position, (_name, conv) in enumerate(modules):
             if not isinstance(conv, nn.Conv2d):
                 continue
             bn_name = next(n for n, m in modules[position + 1:] if isinstance(m, BatchNorm))  # the BN after the conv

@@ -33,7 +33,7 @@ _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and w
     "momentum": "SGD momentum (also Gem-Miner's score momentum)", "weight_decay": "SGD weight decay",
     "epochs": "search epochs: at most this many for EarlyBird/WORM, Gem-Miner's mining epochs E; paper: 160 "
               "(EarlyBird, open_lth; Gem-Miner mines 150) on CIFAR; 30 here: digits are learnt in tens of epochs "
-              "and the default compare stays under 5 minutes (--preset paper: 160)",
+              "and the default compare stays short (its time: docs/cli.md) (--preset paper: 160)",
     "finetune_epochs": "epochs of fine-tuning the ticket; paper: 150 (Gem-Miner fine-tunes as many epochs as it "
                        "mines; EarlyBird retrains to the end of its 160); 30 here: the same rule on --epochs' 30",
     "finetune_lr": "fine-tuning learning rate",
@@ -57,7 +57,7 @@ _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and w
                "(random crop and flip on CIFAR); off here: the quick default task is clean digits (--preset hard: "
                "on)",
     "round_epochs": "IMP: training epochs per round; paper: 160 (open_lth trains every round in full); 5 here: "
-                    "14 rounds reach density 0.05 at rate 0.2 within the 5-minute compare (--preset paper: 160)",
+                    "14 rounds reach density 0.05 at rate 0.2 in a short default compare (--preset paper: 160)",
 }
 
 

@@ -1,9 +1,10 @@
 """Pruning-at-initialization baselines: random, Smart Ratio, magnitude, SNIP, GraSP and SynFlow.
 
 Each returns a ``Ticket`` whose masks are keyed by weight parameter name (every Conv/Linear
-weight and ``nn.MultiheadAttention`` projection, ``weights.prunable_weights``) and keep exactly ``round(density * total)`` weights. Global methods
-rank scores with ``kth_value``; ties go to the earlier layer, then the lower flat index. The input
-model is never modified (scores are computed on deep copies).
+weight and ``nn.MultiheadAttention`` projection, ``weights.prunable_weights``) and keep exactly
+``round(density * total)`` weights. Global methods rank scores with ``kth_value``; ties go to the
+earlier layer, then the lower flat index. The input model is never modified (scores are computed on
+deep copies).
 
 Under ``torch.distributed`` the model may be wrapped in ``DistributedDataParallel`` and each rank
 may pass its own part of the batch: SNIP and GraSP average their gradients (and GraSP its
@@ -184,7 +185,7 @@ def smart_ratio_counts(sizes: Mapping[str, int], keep: int, linear: str | None, 
     ``keep`` allows and more only when the other layers are full.
     """
     depth = len(sizes)
-    shares = {name: (depth - l + 1) ** 2 + (depth - l + 1) for l, name in enumerate(sizes, start=1)}
+    shares = {name: (depth - index + 1) ** 2 + (depth - index + 1) for index, name in enumerate(sizes, start=1)}
     if linear is None or depth == 1:
         return proportional_counts(sizes, shares, keep)
     others = {name: size for name, size in sizes.items() if name != linear}

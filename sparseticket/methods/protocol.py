@@ -92,9 +92,7 @@ def check_method(method: object, argument: str = "method") -> Method:
     naming ``argument`` and what it lacks."""
     missing = missing_members(method)
     if missing:
-        from sparseticket.methods.registry import METHODS
-
-        known = ", ".join(cls.__name__ for cls in METHODS.values())
+        known = "EarlyBird, WORM, GemMiner, IMP"  # the built-in ones (registry.METHODS imports this module)
         raise TypeError(f"{argument} must be a sparseticket method ({known}, or any sparseticket.Method with "
                         f"{', '.join(METHOD_HOOKS + METHOD_ATTRIBUTES)}); {type(method).__name__} lacks "
                         f"{', '.join(missing)}")
