@@ -148,7 +148,8 @@ def correctness(device: torch.device, dry: bool) -> dict:
             kernels.truncate_grads_(got, [k.to(device) for k in keep], [p.to(device) for p in params], 0.003, 1e-4)
             same(f"truncate_grads_ list ({tag})", got, want, exact=False)
         # per-channel keep masks over 4-D gradients (inner > 1), as for conv filters
-        grads = [torch.randn(6, 3, 3, 3, generator=generator).to(dtype), torch.randn(5, 7, generator=generator).to(dtype)]
+        grads = [torch.randn(6, 3, 3, 3, generator=generator).to(dtype),
+                 torch.randn(5, 7, generator=generator).to(dtype)]
         keep = [torch.rand(6, generator=generator) > 0.5, torch.rand(5, generator=generator) > 0.5]
         want = [g.clone() for g in grads]
         reference.truncate_grads_(want, keep, [], 0.25, 0.0)
@@ -175,7 +176,8 @@ def correctness(device: torch.device, dry: bool) -> dict:
         mask = torch.rand(count, generator=generator) > 0.5
         packed = reference.pack_mask(mask)
         same(f"pack_mask ({count})", kernels.pack_mask(mask.to(device)), packed)
-        same(f"unpack_mask ({count})", kernels.unpack_mask(packed.to(device), count), reference.unpack_mask(packed, count))
+        same(f"unpack_mask ({count})", kernels.unpack_mask(packed.to(device), count),
+             reference.unpack_mask(packed, count))
         importance = torch.rand(count, generator=generator)
         threshold = torch.tensor(0.5)
         history = torch.stack([reference.pack_mask(torch.rand(count, generator=generator) > 0.5) for _ in range(3)])
@@ -355,7 +357,8 @@ def speed(device: torch.device, dry: bool, repeats: int) -> dict:
             return [w * ((s > 0.5) & f) for w, s, f in zip(weights, layer_scores, layer_flags)]
 
         groups = {
-            "EB L1 + WORM scale": (lambda: ops.truncate_grads_(gamma_grads, keep_bn, scale=0.003, params=gammas, l1=1e-4),
+            "EB L1 + WORM scale": (lambda: ops.truncate_grads_(gamma_grads, keep_bn, scale=0.003, params=gammas,
+                                                                l1=1e-4),
                                    {"official_loop": eb_loop, "peer_foreach": eb_foreach},
                                    sum(g.numel() for g in gammas) * 13, eb_loop),
             "IMP masked grads": (lambda: ops.truncate_grads_(grads, keep), {"official_loop": imp_loop,
@@ -396,7 +399,8 @@ def whole_step(device: torch.device, dry: bool, repeats: int) -> dict:
     built = _method_steps(device, dry)
     dense = timed(built["dense"][1])
     return {"dense_ms": dense * 1e3,
-            "overhead": {method: timed(step) / dense - 1 for method, (_, step, _) in built.items() if method != "dense"}}
+            "overhead": {method: timed(step) / dense - 1 for method, (_, step, _) in built.items()
+                         if method != "dense"}}
 
 
 # ------------------------------------------------------------------------------------------ out

@@ -1,4 +1,7 @@
-"""Every op inside torch.compile(fullgraph=True) on CPU: no graph break, same results as eager."""
+"""Every op inside torch.compile(fullgraph=True) on CPU: no graph break, same results as eager.
+
+gemminer_masked_weight traces as gemminer_mask (its slots are an eager-only shortcut) and
+scale_columns as its reference expression (the C++ op is eager-only)."""
 
 from __future__ import annotations
 
@@ -7,15 +10,18 @@ import torch
 import sparseticket.ops as ops
 
 
-def _all_ops(grads, keep, params, importance, history, runs, weight, scores, flags, buffer, step_grads):
+def _all_ops(grads, keep, params, importance, history, runs, weight, scores, flags, buffer, step_grads, slots,
+             linear, coefficients):
     ops.truncate_grads_(grads, keep, scale=0.003, params=params, l1=1e-4)
     threshold = ops.kth_value([importance], importance.numel() // 2)
     packed, distances = ops.mask_distances(importance, threshold, history, static_runs=runs)
     unpacked = ops.unpack_mask(ops.pack_mask(importance > threshold), importance.numel())
     masked = ops.gemminer_mask(weight, scores, flags)
-    loss = (masked * masked).sum()
+    slotted = ops.gemminer_masked_weight(weight, scores, flags, slots=slots)  # traced as gemminer_mask
+    scaled = ops.scale_columns(linear, coefficients, 2)
+    loss = (masked * masked).sum() + (slotted * 3).sum() + scaled.square().sum()
     kept = torch.ops.sparseticket.gemminer_step_(scores.detach(), step_grads, buffer, flags, 0.1, 0.9, 1e-4)
-    return threshold, packed, distances, unpacked, loss, kept
+    return threshold, packed, distances, unpacked, loss, kept, scaled
 
 
 def _inputs(seed: int):
@@ -29,26 +35,33 @@ def _inputs(seed: int):
     weight = torch.randn(16, 4, generator=generator)
     scores = torch.rand(16, 4, generator=generator)
     flags = torch.rand(16, 4, generator=generator) > 0.2
+    slots = ops.MaskedWeightSlots(torch.zeros(16, 4), torch.zeros(1, dtype=torch.uint8))
+    linear, coefficients = torch.randn(5, 8, generator=generator), torch.rand(4, generator=generator)
     return grads, keep, params, importance, history, runs, weight, scores, flags, torch.zeros(16, 4), \
-        torch.randn(16, 4, generator=generator)
+        torch.randn(16, 4, generator=generator), slots, linear, coefficients
 
 
 def test_all_ops_fullgraph_match_eager(backend):
     torch._dynamo.reset()
     compiled = torch.compile(_all_ops, fullgraph=True)
     eager_inputs, compiled_inputs = _inputs(0), _inputs(0)
-    compiled_inputs[7].requires_grad_(True)
-    eager_inputs[7].requires_grad_(True)
+    for inputs in (eager_inputs, compiled_inputs):
+        for index in (7, 12, 13):  # scores, the scaled weight and its coefficients
+            inputs[index].requires_grad_(True)
     eager = _all_ops(*eager_inputs)
     got = compiled(*compiled_inputs)
     for want, have in zip(eager, got):
         assert torch.equal(want.detach(), have.detach())
     for want, have in zip(eager_inputs, compiled_inputs):  # in-place updates happened in both
+        if isinstance(want, ops.MaskedWeightSlots):
+            continue
         for a, b in zip(want if isinstance(want, list) else [want], have if isinstance(have, list) else [have]):
             assert torch.equal(a.detach(), b.detach())
     eager[4].backward()
     got[4].backward()
     assert torch.equal(eager_inputs[7].grad, compiled_inputs[7].grad)
+    assert torch.equal(eager_inputs[12].grad, compiled_inputs[12].grad)
+    torch.testing.assert_close(eager_inputs[13].grad, compiled_inputs[13].grad, rtol=1e-5, atol=1e-6)
 
 
 def test_gemminer_step_int_result_under_compile():

@@ -99,7 +99,7 @@ def _gemminer(rank: int | None) -> dict:
         for batch in _global_batches(epoch):
             loss(batch).backward()
             miner.step()
-        miner.epoch_end(epoch)
+        miner.epoch_end()
     ticket = miner.ticket()
     return {"density": miner.density, "masks": {k: v.tolist() for k, v in ticket.masks.items()},
             "scores": torch.cat([v.reshape(-1) for v in ticket.scores.values()]).tolist()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fuzz_inputs import (
+    FLOATS,
     FUZZ_SETTINGS,
     assert_close,
     float_dtypes,
@@ -23,6 +24,7 @@ from fuzz_inputs import (
     same_bits,
     shapes,
     sizes,
+    small_sizes,
     strided_copy,
     values,
     wrong_dtype,
@@ -441,6 +443,123 @@ def test_gemminer_mask_forward_backward(backend, form, data):
     else:
         errors, name = python_type_fault(form, "weight")
         assert_rejected(lambda: forward(weight.tolist(), scores, flags), name, [], errors)
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_gemminer_masked_weight_with_slots(backend, data):
+    """The public op with slots (C++ autograd op, or the autograd.Function over the Triton
+    kernels): gemminer_mask's values and gradients, the scores gradient in the slot."""
+    weight, scores, flags = data.draw(mask_cases())
+    scores = scores.contiguous()  # the slot path reads scores flat
+    upstream = make_float(tuple(weight.shape), weight.dtype, data.draw(values()))
+    need_weight, need_scores = data.draw(st.sampled_from([(True, True), (True, False), (False, True)]))
+    slots = ops.MaskedWeightSlots(torch.zeros_like(scores), torch.zeros(1, dtype=torch.uint8))
+    fault = data.draw(st.sampled_from([None, None, None, "slots type", "grad_slot shape", "weight dtype",
+                                       "flags shape", "scores strided", "python type"]))
+    if fault is None:
+        want = reference.gemminer_mask(weight.contiguous(), scores, flags.contiguous())
+        want_grads = reference.gemminer_mask_backward(upstream, weight.contiguous(), scores, flags.contiguous(),
+                                                      need_weight, need_scores)
+        leaf_weight = weight.detach().clone().requires_grad_(need_weight)
+        leaf_scores = scores.detach().clone().requires_grad_(need_scores)
+        out = ops.gemminer_masked_weight(leaf_weight, leaf_scores, flags, slots=slots)
+        assert_close(out.detach(), want, exact=True)
+        out.backward(upstream)
+        if need_weight:
+            assert_close(leaf_weight.grad, want_grads[0], exact=True)
+        if need_scores:
+            assert_close(leaf_scores.grad, want_grads[1], exact=True)
+            assert int(slots.claimed[0]) == 1 and same_bits(slots.grad_slot, leaf_scores.grad)
+        else:
+            assert int(slots.claimed[0]) == 0
+        return
+    untouched = [slots.grad_slot, slots.claimed]
+
+    def call(weight=weight, scores=scores, flags=flags, slots=slots):
+        return ops.gemminer_masked_weight(weight, scores, flags, slots=slots)
+
+    if fault == "slots type":
+        assert_rejected(lambda: call(slots=slots.grad_slot), "slots", untouched)
+    elif fault == "grad_slot shape":
+        wrong = ops.MaskedWeightSlots(wrong_shape(slots.grad_slot), slots.claimed)
+        assert_rejected(lambda: call(slots=wrong), "grad_slot", [wrong.grad_slot, slots.claimed])
+    elif fault == "weight dtype":
+        assert_rejected(lambda: call(weight=wrong_dtype(weight, data.draw(st.integers(0, 2)))), "weight", untouched)
+    elif fault == "flags shape":
+        assert_rejected(lambda: call(flags=wrong_shape(flags)), "flags", untouched)
+    elif fault == "scores strided":
+        assume(scores.numel() >= 2)
+        assert_rejected(lambda: call(scores=strided_copy(scores)), "scores", untouched)
+    else:
+        assert_rejected(lambda: call(weight=weight.tolist()), "weight", untouched, (TypeError,))
+
+
+# ------------------------------------------------------------------------------ scale_columns
+@st.composite
+def scale_cases(draw):
+    rows, groups = draw(small_sizes), draw(st.sampled_from([1, 2, 3, 7, 12]))
+    width = draw(st.sampled_from([1, 2, 3, 8, 64]))
+    dtype = draw(float_dtypes)
+    weight = make_float((rows, groups * width), dtype, draw(values()))
+    weight = maybe_strided(weight, draw(st.booleans()))
+    coefficients = make_float((groups,), draw(st.sampled_from([dtype, dtype, *FLOATS])), draw(values()))
+    return weight, coefficients, width
+
+
+def assert_sums_close(actual: torch.Tensor, expected: torch.Tensor, terms: torch.Tensor) -> None:
+    """Sums of ``terms`` (one row per sum, in float64) equal up to summation order: within
+    2·n·eps·Σ|term| of each other where no fp32 partial sum can overflow; NaN where the other has NaN."""
+    magnitude = terms.abs().sum(1)
+    safe = torch.isfinite(magnitude) & (magnitude < 1e37)
+    got, want = actual.double(), expected.double()
+    assert torch.equal(torch.isnan(got[safe]), torch.isnan(want[safe])), "NaN at other places than the reference"
+    finite = safe & ~torch.isnan(want)
+    bound = 2 * terms.shape[1] * torch.finfo(torch.float32).eps * magnitude[finite] + 1e-38
+    assert bool(((got[finite] - want[finite]).abs() <= bound).all()), (got, want)
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+def test_scale_columns(backend, data):
+    """C++ (float32 on the cpp backend) or the reference (every other case: there is no Triton
+    kernel) against the reference expression: forward and the weight gradient exact, the
+    coefficients' gradient within summation-order rounding."""
+    weight, coefficients, width = data.draw(scale_cases())
+    upstream = make_float(tuple(weight.shape), torch.promote_types(weight.dtype, coefficients.dtype),
+                          data.draw(values()))
+    fault = data.draw(st.sampled_from([None, None, None, "weight dtype", "coefficients count", "width",
+                                       "coefficients device", "weight dims", "python type"]))
+    if fault is None:
+        leaves = [tensor.detach().clone().requires_grad_(True) for tensor in (weight, coefficients)]
+        twins = [tensor.detach().clone().requires_grad_(True) for tensor in (weight, coefficients)]
+        out = ops.scale_columns(*leaves, width, slot=ops.OutputSlot())
+        want = reference.scale_columns(*twins, width)
+        assert_close(out.detach(), want.detach(), exact=True)
+        out.backward(upstream)
+        want.backward(upstream)
+        assert_close(leaves[0].grad, twins[0].grad, exact=True)
+        if backend != "cpp" or weight.dtype != torch.float32 or coefficients.dtype != torch.float32:
+            assert_close(leaves[1].grad, twins[1].grad, exact=True)  # the reference served the op
+            return
+        groups = coefficients.shape[0]
+        terms = (upstream.double() * weight.double()).reshape(weight.shape[0], groups, width).transpose(0, 1)
+        assert_sums_close(leaves[1].grad, twins[1].grad, terms.reshape(groups, -1))
+        return
+    if fault == "weight dtype":
+        bad = weight.to((torch.int64, torch.bool)[data.draw(st.integers(0, 1))])
+        assert_rejected(lambda: ops.scale_columns(bad, coefficients, width), "weight", [])
+    elif fault == "coefficients count":
+        assert_rejected(lambda: ops.scale_columns(weight, wrong_shape(coefficients), width), "coefficients", [])
+    elif fault == "width":
+        bad = data.draw(st.sampled_from([0, -1]))
+        assert_rejected(lambda: ops.scale_columns(weight, coefficients, bad), "width", [])
+    elif fault == "coefficients device":
+        assert_rejected(lambda: ops.scale_columns(weight, coefficients.to("meta"), width), "coefficients", [])
+    elif fault == "weight dims":
+        assert_rejected(lambda: ops.scale_columns(weight.reshape(-1), coefficients, width), "weight", [])
+    else:
+        assert_rejected(lambda: ops.scale_columns(weight, coefficients, str(width)), "width", [], (TypeError,))
 
 
 FP32_EPS = torch.finfo(torch.float32).eps

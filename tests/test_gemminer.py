@@ -1,4 +1,5 @@
-"""gemminer_mask (forward, straight-through backward) and gemminer_step_ against the reference."""
+"""gemminer_mask (forward, straight-through backward), gemminer_masked_weight (the same with the
+scores gradient in a caller's slot: GemMiner's hot path) and gemminer_step_ against the reference."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from conftest import FLOAT_DTYPES, assert_float_close, reference_run
 
-from sparseticket.ops import gemminer_mask, gemminer_step_
+from sparseticket.ops import MaskedWeightSlots, cpu_backend, gemminer_mask, gemminer_masked_weight, gemminer_step_
 
 SHAPES = [(1,), (7,), (2048,), (2049,), (16, 3, 3, 3), (33, 65)]
 
@@ -108,3 +109,177 @@ def test_step_equals_torch_sgd_plus_clamp(backend, generator):
 def test_step_on_empty(backend):
     empty = torch.empty(0)
     assert gemminer_step_(empty, empty, empty.clone(), torch.empty(0, dtype=torch.bool), lr=0.1) == 0
+
+
+# ------------------------------------------------------------------ gemminer_masked_weight (slots)
+CL = torch.channels_last
+
+
+def _slots_for(scores: torch.Tensor) -> MaskedWeightSlots:
+    """A gradient slot in the scores' dtype and memory order, and an unclaimed flag."""
+    return MaskedWeightSlots(torch.zeros_like(scores), torch.zeros(1, dtype=torch.uint8))
+
+
+def _masked_weight_run(weight, scores, flags, upstream, *, slots: bool):
+    """(output, weight.grad, scores.grad, slots) of one forward/backward on fresh leaves."""
+    leaf_weight = weight.clone().requires_grad_(True)  # clone keeps the memory format
+    leaf_scores = scores.clone().requires_grad_(True)
+    layer_slots = _slots_for(leaf_scores) if slots else None
+    out = gemminer_masked_weight(leaf_weight, leaf_scores, flags, slots=layer_slots)
+    out.backward(upstream)
+    return out.detach(), leaf_weight.grad, leaf_scores.grad, layer_slots
+
+
+@pytest.mark.parametrize("shape, layout", [((1,), None), ((7,), None), ((2049,), None), ((33, 65), None),
+                                           ((16, 3, 3, 3), None), ((16, 3, 3, 3), CL), ((5, 7, 3, 2), CL)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_masked_weight_with_slots_matches_the_reference(backend, generator, shape, dtype, layout):
+    """C++ autograd op (cpp) or the autograd.Function over the Triton kernels (triton) against
+    the reference gemminer_mask without slots: same values and gradients, the scores gradient
+    adopted from the slot (no copy), the flag claimed; channels_last stays channels_last."""
+    weight, scores, flags = _inputs(shape, dtype, generator)
+    upstream = torch.randn(shape, generator=generator).to(dtype)
+    if layout is not None:
+        weight, scores, flags, upstream = (tensor.contiguous(memory_format=layout)
+                                           for tensor in (weight, scores, flags, upstream))
+    out, grad_weight, grad_scores, slots = _masked_weight_run(weight, scores, flags, upstream, slots=True)
+    want, want_weight, want_scores, _ = reference_run(_masked_weight_run, weight, scores, flags, upstream, slots=False)
+    assert torch.equal(out, want) and torch.equal(grad_weight, want_weight)
+    assert_float_close(grad_scores, want_scores)
+    assert grad_scores.data_ptr() == slots.grad_slot.data_ptr()  # adopted as scores.grad
+    assert int(slots.claimed[0]) == 1
+    if layout is not None:
+        assert out.is_contiguous(memory_format=layout) and grad_scores.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_masked_weight_reference_backend_with_slots(generator, dtype):
+    """The plain-PyTorch fallback serves the slot path too (what runs without C++ or Triton)."""
+    weight, scores, flags = _inputs((9, 13), dtype, generator)
+    upstream = torch.randn(9, 13, generator=generator).to(dtype)
+    out, grad_weight, grad_scores, slots = reference_run(_masked_weight_run, weight, scores, flags, upstream,
+                                                         slots=True)
+    assert torch.equal(out, weight * (scores > 0.5) * flags)
+    assert torch.equal(grad_weight, torch.where((scores > 0.5) & flags, upstream, 0).to(dtype))
+    assert_float_close(grad_scores, (upstream.float() * weight.float() * flags).to(dtype))
+    assert grad_scores.data_ptr() == slots.grad_slot.data_ptr()
+
+
+def test_masked_weight_second_gradients_of_a_step_accumulate(backend, generator):
+    """A layer used twice in one graph, then a second backward before the slot is released: the
+    slot takes only the first gradient, the others are added as usual; zeroing ``claimed``
+    starts the next step in the slot again."""
+    weight, scores, flags = _inputs((12, 5), torch.float32, generator)
+    leaf = scores.clone().requires_grad_(True)
+    slots = _slots_for(leaf)
+    ups = [torch.randn(12, 5, generator=generator) for _ in range(3)]
+    first = (gemminer_masked_weight(weight, leaf, flags, slots=slots) * ups[0]).sum()
+    second = (gemminer_masked_weight(weight, leaf, flags, slots=slots) * ups[1]).sum()
+    (first + second).backward()
+    torch.testing.assert_close(leaf.grad, (ups[0] + ups[1]) * weight * flags)
+    (gemminer_masked_weight(weight, leaf, flags, slots=slots) * ups[2]).sum().backward()
+    torch.testing.assert_close(leaf.grad, (ups[0] + ups[1] + ups[2]) * weight * flags)
+    leaf.grad = None
+    slots.claimed.zero_()
+    (gemminer_masked_weight(weight, leaf, flags, slots=slots) * ups[2]).sum().backward()
+    assert leaf.grad.data_ptr() == slots.grad_slot.data_ptr()
+    torch.testing.assert_close(leaf.grad, ups[2] * weight * flags)
+
+
+def test_masked_weight_slot_of_another_dtype_is_skipped(backend, generator):
+    weight, scores, flags = _inputs((6, 4), torch.float32, generator)
+    leaf = scores.clone().requires_grad_(True)
+    slots = MaskedWeightSlots(torch.zeros(6, 4, dtype=torch.float16), torch.zeros(1, dtype=torch.uint8))
+    gemminer_masked_weight(weight, leaf, flags, slots=slots).sum().backward()
+    assert torch.equal(leaf.grad, weight * flags) and leaf.grad.data_ptr() != slots.grad_slot.data_ptr()
+    assert not slots.grad_slot.any()
+
+
+def test_masked_weight_without_slots_is_gemminer_mask(backend, generator):
+    weight, scores, flags = _inputs((2049,), torch.bfloat16, generator)
+    upstream = torch.randn(2049, generator=generator).to(torch.bfloat16)
+    got = _masked_weight_run(weight, scores, flags, upstream, slots=False)[:3]
+    want = reference_run(_masked_weight_run, weight, scores, flags, upstream, slots=False)[:3]
+    for have, expected in zip(got, want):
+        assert torch.equal(have, expected)
+
+
+def test_masked_weight_only_weight_gradient(backend, generator):
+    weight, scores, flags = _inputs((8, 3), torch.float16, generator)
+    leaf = weight.clone().requires_grad_(True)
+    slots = _slots_for(scores)
+    gemminer_masked_weight(leaf, scores, flags, slots=slots).sum().backward()
+    assert torch.equal(leaf.grad, ((scores > 0.5) & flags).to(torch.float16))
+    assert int(slots.claimed[0]) == 0 and not slots.grad_slot.any()
+
+
+def _bad_masked_weight_calls():
+    weight, scores = torch.randn(4, 3), torch.rand(4, 3, requires_grad=True)
+    flags = torch.ones(4, 3, dtype=torch.bool)
+
+    def slots(grad_slot=None):
+        grad_slot = torch.zeros(4, 3) if grad_slot is None else grad_slot
+        return MaskedWeightSlots(grad_slot, torch.zeros(1, dtype=torch.uint8))
+
+    return [
+        (lambda: gemminer_masked_weight(weight.long(), scores, flags, slots=slots()), TypeError,
+         "weight must be float32/float16/bfloat16"),
+        (lambda: gemminer_masked_weight(weight, scores, flags.float(), slots=slots()), TypeError, "flags must be bool"),
+        (lambda: gemminer_masked_weight(weight, scores.detach()[:2], flags, slots=slots()), ValueError,
+         r"scores.* must have .*shape"),
+        (lambda: gemminer_masked_weight(weight.tolist(), scores, flags, slots=slots()), TypeError,
+         "weight must be a torch.Tensor"),
+        (lambda: gemminer_masked_weight(weight, scores, flags, slots=torch.zeros(4, 3)), TypeError,
+         "slots must be a MaskedWeightSlots"),
+        (lambda: gemminer_masked_weight(weight, scores, flags, slots=slots(torch.zeros(3, 4))), ValueError,
+         "grad_slot"),
+        (lambda: gemminer_masked_weight(weight, scores, flags, slots=slots(torch.zeros(3, 4).t())), ValueError,
+         "grad_slot"),
+        (lambda: slots(torch.zeros(4, 3, dtype=torch.int32)), TypeError, "grad_slot must be float32/float16/bfloat16"),
+        (lambda: slots(torch.zeros(2, 4, 3)[:, :, 0]), ValueError, "grad_slot must be contiguous or channels_last"),
+        (lambda: MaskedWeightSlots(torch.zeros(4, 3), torch.zeros(2, dtype=torch.uint8)), ValueError,
+         "claimed must hold one element"),
+        (lambda: MaskedWeightSlots(torch.zeros(4, 3), torch.zeros(1)), TypeError, "claimed must be uint8 on cpu"),
+        (lambda: MaskedWeightSlots(torch.zeros(4, 3), torch.zeros(1, dtype=torch.uint8, device="meta")), TypeError,
+         "claimed must be uint8 on cpu"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_masked_weight_calls())))
+def test_masked_weight_bad_input_names_the_argument(backend, index):
+    call, error, words = _bad_masked_weight_calls()[index]
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_step_as_tensor_returns_the_count_without_reading_it(backend, generator):
+    scores = torch.rand(101, generator=generator)
+    flags = torch.rand(101, generator=generator) > 0.3
+    kept = gemminer_step_(scores, torch.randn(101, generator=generator), torch.zeros(101), flags, lr=0.1,
+                          as_tensor=True)
+    assert isinstance(kept, torch.Tensor) and kept.dim() == 0 and kept.dtype == torch.int64
+    assert int(kept) == int(((scores > 0.5) & flags).sum())
+    with pytest.raises(TypeError, match="as_tensor must be a bool"):
+        gemminer_step_(scores, scores, torch.zeros(101), flags, lr=0.1, as_tensor=1)
+
+
+def test_masked_weight_output_memory_is_reused_by_cpp_only(generator):
+    """The C++ path writes the masked weight into ``slots.output`` once nothing holds the last
+    one; the Triton and reference paths never allocate it."""
+    weight, scores, flags = _inputs((10, 6), torch.float32, generator)
+    for backend_name in ("triton", "reference"):
+        slots = _slots_for(scores)
+        with cpu_backend(backend_name):
+            gemminer_masked_weight(weight, scores, flags, slots=slots)
+        assert slots.output.nbytes == 0
+    slots = _slots_for(scores)
+    with cpu_backend("cpp"):
+        first = gemminer_masked_weight(weight, scores, flags, slots=slots)
+        address = first.data_ptr()
+        kept = first
+        second = gemminer_masked_weight(weight, scores, flags, slots=slots)
+        assert second.data_ptr() != address  # the first is still referenced
+        del first, kept, second
+        third = gemminer_masked_weight(weight, scores, flags, slots=slots)
+    assert third.data_ptr() == address and torch.equal(third, weight * (scores > 0.5) * flags)
+    assert slots.output.nbytes == weight.numel() * 4

@@ -1,7 +1,7 @@
 """GemMiner's per-layer score Parameters over one flat buffer: gradients land in their slices (on the
-C++ autograd path, the Python path and under torch.compile), accumulate correctly, cost memory in
-proportion to the scores (not layers x scores), survive optimizers' zero_grad, and old checkpoints
-with one flat scores Parameter still load."""
+C++ autograd path, the Python path over the Triton or reference kernels and under torch.compile),
+accumulate correctly, cost memory in proportion to the scores (not layers x scores), survive
+optimizers' zero_grad, and old checkpoints with one flat scores Parameter still load."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 from sparseticket.methods.gemminer import GemMiner
 from sparseticket.ops import cpu_backend
 
-PATHS = ["cpp", "reference", "compiled"]
+PATHS = ["cpp", "triton", "reference", "compiled"]  # triton: the autograd.Function over the Triton kernels
 
 
 def mlp(layers: int, width: int = 16, seed: int = 0) -> nn.Sequential:
@@ -38,7 +38,7 @@ def expected_flat_gradient(model: nn.Sequential, miner: GemMiner, x: torch.Tenso
 
 
 def backend_for(path: str):
-    return cpu_backend("reference" if path == "reference" else "cpp")
+    return cpu_backend("cpp" if path == "compiled" else path)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -56,7 +56,7 @@ def test_flat_gradient_matches_plain_autograd(path):
     assert torch.equal(miner.scores.grad, got)  # gm.scores.grad is the flat gradient
 
 
-@pytest.mark.parametrize("path", ["cpp", "reference"])
+@pytest.mark.parametrize("path", ["cpp", "triton", "reference"])
 def test_gradient_goes_straight_into_the_flat_buffer(path):
     """Eager paths: each layer's .grad is its slice of the flat gradient, no copy at step()."""
     model = mlp(3)

@@ -8,21 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.models import vgg_small
+from sparseticket.builtin.models import vgg_small
 from sparseticket.methods.gemminer import GemMiner, freezing_steps
 
 
 def _mine(model, miner, epochs, batches=2, seed=0):
     generator = torch.Generator().manual_seed(seed)
     history = []
-    for epoch in range(1, epochs + 1):
+    for _epoch in range(1, epochs + 1):
         for _ in range(batches):
             images = torch.rand(16, 1, 8, 8, generator=generator)
             labels = torch.randint(0, 10, (16,), generator=generator)
             nn.functional.cross_entropy(model(images), labels).backward()
             miner.step()
             assert 0 <= miner.scores.min() and miner.scores.max() <= 1
-        miner.epoch_end(epoch)
+        miner.epoch_end()
         history.append((miner.flags.clone(), miner.scores.detach().clone(), miner.density))
     return history
 
@@ -53,7 +53,7 @@ def test_schedule_matches_formula_and_ends_at_density():
     steps = freezing_steps(epochs, period)
     assert steps == 4
     history = _mine(model, miner, epochs, batches=1)
-    for epoch, (flags, _, live) in enumerate(history, start=1):
+    for epoch, (flags, _, _live) in enumerate(history, start=1):
         rounds = min(epoch // period, steps)
         assert int(flags.sum()) == round(total * density ** (rounds / steps))
     assert int(miner.flags.sum()) == round(total * density)
@@ -78,7 +78,8 @@ def test_freezes_lowest_scores_with_exact_count_on_ties():
     miner = GemMiner(model, density=0.5, epochs=6, period=5)
     with torch.no_grad():
         miner.scores.copy_(torch.tensor([0.3, 0.1, 0.3, 0.9, 0.3, 0.8, 0.3, 0.7, 0.6, 0.2]))
-    miner.epoch_end(5)
+    for _ in range(5):  # the freeze comes at the end of epoch 5 (period 5)
+        miner.epoch_end()
     # 10 -> 5 active: 0.1, 0.2 and the first three 0.3 ties (by position) are frozen
     assert miner.flags.tolist() == [False, False, False, True, False, True, True, True, True, False]
 

@@ -243,11 +243,11 @@ def test_gemminer_over_every_linear(generator: torch.Generator) -> None:
     total = sum(weight.numel() for weight in initial.values())
     inputs = batch(generator)
     labels = torch.randint(0, LABELS, (BATCH,), generator=generator)
-    for epoch in range(1, 4):
+    for _epoch in range(1, 4):
         for _ in range(2):
             model(**inputs, labels=labels).loss.backward()
             gm.step()
-        gm.epoch_end(epoch)
+        gm.epoch_end()
     assert int(gm.flags.sum()) == round(0.2 * total)
     ticket = gm.finish()
     assert list(ticket.masks) == names

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from sparseticket.experiments.data import load_digits_split
-from sparseticket.experiments.models import vgg_small
-from sparseticket.experiments.training import train_epoch
+from sparseticket.builtin.data import load_digits_split
+from sparseticket.builtin.models import vgg_small
+from sparseticket.driver.training import train_epoch
 from sparseticket.methods.imp import IMP
 
 

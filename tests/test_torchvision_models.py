@@ -197,11 +197,11 @@ def test_gemminer_mines_every_weight(kind: str, generator: torch.Generator) -> N
     initial = {name: weight.detach().clone() for name, weight in conv_linear_weights(model).items()}
     total = sum(weight.numel() for weight in initial.values())
     gm = GemMiner(model, density=density, epochs=3, period=1, seed=0)
-    for epoch in range(1, 4):  # one step an epoch: ResNet-50 has 23.5M scores
+    for _epoch in range(1, 4):  # one step an epoch: ResNet-50 has 23.5M scores
         x, y = batch(generator)
         nn.functional.cross_entropy(model(x), y).backward()
         gm.step()
-        gm.epoch_end(epoch)
+        gm.epoch_end()
     assert gm.density == round(total * density) / total
     ticket = gm.finish()
     assert list(ticket.masks) == list(initial)  # every Conv/Linear weight, the classifier included

@@ -112,7 +112,7 @@ def test_top_level_exports_load_lazily_and_reject_unknown_names():
         sparseticket.nope  # noqa: B018
 
 
-def test_gemminer_epoch_count_survives_a_checkpoint_and_takes_an_explicit_epoch():
+def test_gemminer_epoch_count_survives_a_checkpoint():
     miner = GemMiner(vgg_small(width=8), density=0.5, epochs=4, period=2, seed=0)
     miner.epoch_end()
     miner.epoch_end()
@@ -120,7 +120,6 @@ def test_gemminer_epoch_count_survives_a_checkpoint_and_takes_an_explicit_epoch(
     restored = GemMiner(vgg_small(width=8), density=0.5, epochs=4, period=2, seed=1)
     restored.load_state_dict(miner.state_dict())
     assert restored.epoch == 2
-    restored.epoch_end(4)  # a caller's own count still works
-    assert restored.epoch == 4 and restored.drawn
-    with pytest.raises(ValueError, match="epoch must be a positive int"):
-        restored.epoch_end(0)
+    restored.epoch_end()
+    restored.epoch_end()
+    assert restored.epoch == 4 and restored.drawn and restored.freezes_done == 1  # floor((4 - 1) / 2) freezes

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned, round_to, to_float32
+from sparseticket.triton_kernels._common import all_aligned, aot_attrs, round_to, to_float32
 
 BLOCK = 2048
 

@@ -14,10 +14,10 @@ import triton
 import triton.language as tl
 
 from sparseticket.triton_kernels._common import (
-    to_device_without_sync,
-    aot_attrs,
     all_aligned,
+    aot_attrs,
     block_table,
+    to_device_without_sync,
     to_float32,
     triton_dtype,
 )

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sparseticket.triton_kernels._common import aot_attrs, all_aligned, to_float32
+from sparseticket.triton_kernels._common import all_aligned, aot_attrs, to_float32
 
 BYTES_PER_PROGRAM = 512
 

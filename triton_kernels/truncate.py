@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from sparseticket.triton_kernels._common import (
-    aot_attrs,
     all_aligned,
+    aot_attrs,
     block_table,
     round_to,
     to_float32,

@@ -36,65 +36,26 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import PrunableWeight, prunable_weights
-from sparseticket.ops import cpp_runs_cpu_ops, kth_value
-from sparseticket.ops._validate import memory_order
-
-_mask_op = torch.ops.sparseticket.gemminer_mask
-_mask_backward_op = torch.ops.sparseticket.gemminer_mask_backward
-_step_op = torch.ops.sparseticket.gemminer_step_
+from sparseticket.ops import MaskedWeightSlots, gemminer_masked_weight, gemminer_step_, kth_value, memory_order
 
 
 class _ScoreMask(nn.Module):
-    """Parametrization: weight -> gemminer_mask(weight, scores, flags) for one layer.
+    """Parametrization: weight -> gemminer_masked_weight(weight, scores, flags) for one layer.
 
-    ``scores`` is this layer's trainable Parameter, a view into the miner's flat scores; ``flags``,
-    ``grad_slot`` (its slice of the flat score gradient) and ``claimed`` (one uint8: whether this
-    step's gradient already went into the slot) are views into the miner's flat buffers, kept as
-    plain attributes (the miner's own state_dict carries the state); ``weight_slot`` is memory
-    the C++ path reuses for the masked weight from step to step.
+    ``scores`` is this layer's trainable Parameter, a view into the miner's flat scores; ``flags``
+    and ``slots`` (its slice of the flat score gradient, and one uint8 saying whether this step's
+    gradient already went there: ``MaskedWeightSlots``) are views into the miner's flat buffers,
+    kept as plain attributes (the miner's own state_dict carries the state).
     """
 
-    def __init__(self, scores: nn.Parameter, flags: torch.Tensor, grad_slot: torch.Tensor,
-                 claimed: torch.Tensor, weight_dtype: torch.dtype) -> None:
+    def __init__(self, scores: nn.Parameter, flags: torch.Tensor, slots: MaskedWeightSlots) -> None:
         super().__init__()
         self.scores = scores
-        self.flags, self.grad_slot, self.claimed = flags, grad_slot, claimed
-        self.claimed_here = False  # the same flag for the Python path (_MaskedWeight)
+        self.flags, self.slots = flags, slots
         self.offset_bytes = 0  # where in gm.scores' memory this layer's view starts (set by the miner)
-        # where the C++ path writes the masked weight when the last one is no longer referenced
-        self.weight_slot = torch.empty_like(scores, dtype=weight_dtype)  # the scores' memory order
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # the traceable op; gm.step() gathers its gradients
-            return _mask_op(weight, self.scores, self.flags)
-        if weight.device.type == "cpu" and cpp_runs_cpu_ops():  # no Python per layer, forward or backward
-            return torch.ops.sparseticket_cpu.gemminer_masked_weight(weight, self.scores, self.flags,
-                                                                     self.grad_slot, self.claimed, self.weight_slot)
-        return _MaskedWeight.apply(weight, self.scores, self.flags, self)
-
-
-class _MaskedWeight(torch.autograd.Function):
-    """gemminer_mask whose scores gradient goes straight into the layer's slot of the flat gradient
-    (as the C++ op ``sparseticket_cpu::gemminer_masked_weight`` does; see csrc/gemminer_autograd.cpp)."""
-
-    @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tensor,
-                layer: _ScoreMask) -> torch.Tensor:
-        ctx.save_for_backward(weight, flags)
-        ctx.scores, ctx.layer = scores, layer  # the leaf itself: backward reads whether it has a .grad
-        return _mask_op(weight, scores, flags)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        weight, flags = ctx.saved_tensors
-        scores, layer = ctx.scores, ctx.layer
-        need_weight, need_scores = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_weight, grad_scores = _mask_backward_op(grad, weight, scores, flags, need_weight, need_scores)
-        if need_scores and scores.grad is None and not layer.claimed_here:
-            layer.claimed_here = True  # a Python flag: reading the flag tensor would be a tensor op
-            layer.grad_slot.copy_(grad_scores)
-            grad_scores = layer.grad_slot.view_as(layer.grad_slot)  # adopted as scores.grad
-        return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
+        return gemminer_masked_weight(weight, self.scores, self.flags, slots=self.slots)
 
 
 def _view_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -123,6 +84,8 @@ class GemMiner:
     over ``epochs``). All of the model's own parameters are frozen while mining (BN acts as
     non-affine). ``seed`` seeds the U[0, 1] score draw; None follows ``torch.manual_seed``.
     """
+
+    owns_update = True  # after_backward() is the whole update while mining: a driver runs no optimizer
 
     def __init__(
         self,
@@ -171,15 +134,15 @@ class GemMiner:
         # One flat gradient: each layer's backward writes its slice (see _ScoreMask), step() reads it.
         self._grad = torch.zeros(start, device=device)
         self.scores.grad = self._grad
-        self._claimed = torch.zeros(len(self.weights), dtype=torch.uint8)  # host flags, reset every step
+        self._claimed = torch.zeros(len(self.weights), dtype=torch.uint8, device="cpu")  # host flags, reset every step
         self._score_masks: list[_ScoreMask] = []  # per layer: its scores Parameter and gradient slot
         for index, weight in enumerate(self.weights):
             part, tensor = self.slices[weight.name], weight.tensor
             # views of the flat buffers in the weight's memory order (row-major or channels_last):
             # the kernels then read weight, scores and flags flat, with no copy
             layer_scores = nn.Parameter(_view_like(self.scores.detach()[part], tensor))  # shares the flat storage
-            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor),
-                                    _view_like(self._grad[part], tensor), self._claimed[index:index + 1], tensor.dtype)
+            slots = MaskedWeightSlots(_view_like(self._grad[part], tensor), self._claimed[index:index + 1])
+            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor), slots)
             score_mask.offset_bytes = part.start * self.scores.element_size()  # where its view must start
             parametrize.register_parametrization(weight.module, weight.attr, score_mask, unsafe=True)
             self._score_masks.append(score_mask)
@@ -202,8 +165,8 @@ class GemMiner:
         int64 tensor on the scores' device: nothing waits for the GPU here; ``int()`` it when the
         number is needed (that waits)."""
         grad = self.gradient()
-        kept = _step_op(self.scores.detach(), grad, self.momentum_buffer, self.flags,
-                        self.lr, self.momentum, self.l2)
+        kept = gemminer_step_(self.scores.detach(), grad, self.momentum_buffer, self.flags,
+                              lr=self.lr, momentum=self.momentum, l2=self.l2, as_tensor=True)
         self.zero_grad()
         return kept
 
@@ -211,8 +174,7 @@ class GemMiner:
         """Forget this step's score gradient (every layer's ``.grad`` back to None)."""
         for score_mask in self._score_masks:
             score_mask.scores.grad = None
-            score_mask.claimed_here = False
-        self._claimed.zero_()
+        self._claimed.zero_()  # every layer's MaskedWeightSlots.claimed at once
         self.scores.grad = self._grad
 
     @torch.no_grad()
@@ -229,7 +191,7 @@ class GemMiner:
                 raise RuntimeError(f"GemMiner: the scores of {weight.name} are no longer a view of gm.scores "
                                    "(model moved or converted after the GemMiner was made?): "
                                    "move or convert the model first, then create the GemMiner")
-            current, grad_slot = score_mask.scores.grad, score_mask.grad_slot
+            current, grad_slot = score_mask.scores.grad, score_mask.slots.grad_slot
             if current is None:
                 missing += 1
                 grad_slot.zero_()
@@ -271,17 +233,11 @@ class GemMiner:
         self.zero_grad()
 
     # ----------------------------------------------------------------- per epoch
-    def epoch_end(self, epoch: int | None = None) -> bool:
+    def epoch_end(self) -> bool:
         """At the end of every epoch: cosine learning rate; freeze on schedule. True if it froze.
 
-        The epoch is counted inside (``gm.epoch``); ``epoch`` (1-based) sets it instead, for a
-        caller that keeps its own count.
-        """
-        if epoch is None:
-            epoch = self.epoch + 1
-        elif isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            raise ValueError(f"epoch must be a positive int (1-based) or None, got {epoch!r}")
-        self.epoch = epoch
+        The epoch is counted inside (``gm.epoch``, restored by ``load_state_dict``)."""
+        epoch = self.epoch = self.epoch + 1
         self.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
         steps = freezing_steps(self.epochs, self.period)
         if self.target_density >= 1 or epoch % self.period or not 0 < epoch // self.period <= steps:
@@ -327,8 +283,9 @@ class GemMiner:
         }
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict()`` in place (``gm.scores`` stays the same Parameter)."""
+    def load_state_dict(self, state: dict[str, Any], *, optimizer: Any = None, scheduler: Any = None) -> None:
+        """Restore a ``state_dict()`` in place (``gm.scores`` stays the same Parameter);
+        ``optimizer``/``scheduler``: accepted for the ``Method`` protocol, unused."""
         if not isinstance(state, dict) or state.get("method") != "gemminer":
             found = state.get("method") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"GemMiner.load_state_dict: state of method {found!r}, expected 'gemminer'")
@@ -381,3 +338,22 @@ class GemMiner:
             parameter.requires_grad_(True)
         ticket.apply_(self.model)
         return ticket
+
+    # ----------------------------------------------------------------- Method protocol
+    name = "gemminer"  # its key in sparseticket.METHODS
+    kind = "weight"  # weight masks
+
+    def hooked_parameters(self) -> list[torch.Tensor]:
+        """The tensors whose gradients ``after_backward`` (the score step) reads and clears: each layer's scores."""
+        return [score_mask.scores for score_mask in self._score_masks]
+
+    def check_placement(self) -> None:
+        """RuntimeError if a layer's scores no longer share memory with ``gm.scores`` (model moved or cast)."""
+        flat = self.scores.untyped_storage().data_ptr()
+        for weight, score_mask in zip(self.weights, self._score_masks):
+            scores = score_mask.scores
+            if scores.untyped_storage().data_ptr() != flat:
+                raise RuntimeError(
+                    f"GemMiner: the scores of {weight.name} ({scores.device}, {scores.dtype}) no longer share "
+                    f"memory with gm.scores ({self.scores.device}): the model was moved or cast after "
+                    "GemMiner was created. Move the model to its device and dtype first, then create GemMiner")

@@ -28,20 +28,28 @@ from __future__ import annotations
 import copy
 import math
 import re
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
-from sparseticket.methods.distributed import collective_device, unwrap
+from sparseticket.methods.distributed import (
+    all_reduce_int,
+    check_sharded,
+    fsdp_modules,
+    gather_full_masks,
+    is_dtensor,
+    local_grads,
+    local_shard,
+    reshard,
+    sharded_tie_quotas,
+    unwrap,
+)
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_weights
-from sparseticket.ops import TruncationPlan, kth_value, sharded_kth_value, truncate_grads_
-from sparseticket.ops._validate import memory_order
+from sparseticket.ops import TruncationPlan, kth_value, memory_order, sharded_kth_value, truncate_grads_
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -101,68 +109,10 @@ def _layer_pruned(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Ten
     return prune | ties, ties_left - tie_count
 
 
-# ------------------------------------------------------------ FSDP2 (sharded weights)
-def _is_dtensor(value: object) -> bool:
-    """True for a ``torch.distributed.tensor.DTensor`` (FSDP2's parameters). No DTensor exists
-    before that module is imported: looking it up spares single-process runs its import."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(value, module.DTensor)
-
-
-def _is_sharded(names: list[str], weights: list[torch.Tensor]) -> bool:
-    """True when the weights are FSDP2 ``DTensor``s: then all must be, ``Shard(0)`` on one 1-D
-    mesh over every rank of the default process group in rank order (FSDP2's default)."""
-    sharded = [_is_dtensor(weight) for weight in weights]
-    if not any(sharded):
-        return False
-    from torch.distributed.tensor import Shard
-
-    if not all(sharded):
-        raise ValueError(f"IMP: {names[sharded.index(False)]} is not sharded while other weights are "
-                         "(DTensor): call fully_shard on the root module too")
-    mesh = weights[0].device_mesh
-    for name, weight in zip(names, weights):
-        if weight.device_mesh != mesh or tuple(weight.placements) != (Shard(0),):
-            raise ValueError(f"IMP supports FSDP2 sharding along dim 0 on one 1-D mesh; {name} has "
-                             f"placements {tuple(weight.placements)} on {weight.device_mesh}")
-    if mesh.ndim != 1 or mesh.mesh.tolist() != list(range(dist.get_world_size())):
-        raise ValueError(f"IMP: the FSDP2 mesh must hold every rank in rank order (no HSDP or "
-                         f"sub-mesh), got {mesh}")
-    return True
-
-
-def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Every rank's ``tensor`` (same shape on all ranks), stacked in rank order (collective)."""
-    local = tensor.to(collective_device(tensor.device))
-    pieces = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(pieces, local)
-    return torch.stack(pieces).to(tensor.device)
-
-
-def _all_reduce_int(value: int, device: torch.device) -> int:
-    """Sum of ``value`` over the ranks (collective)."""
-    total = torch.tensor([value], dtype=torch.int64, device=collective_device(device))
-    dist.all_reduce(total)
-    return int(total.item())
-
-
-def _tie_quotas(below: torch.Tensor, ties: torch.Tensor, count: int) -> list[int]:
-    """This rank's number of ties to prune per layer, from every rank's per-layer counts of
-    entries below the threshold and of ties; the global order is layer, then rank (FSDP2 gives
-    rank r the rows after those of ranks < r), then row-major within the shard."""
-    gathered = _all_gather(torch.stack([below, ties]).cpu())  # [world, 2, layers]
-    ties_left = count - int(gathered[:, 0].sum())
-    ordered = gathered[:, 1].t().reshape(-1)  # (layer, rank) in the global order
-    quotas = (ties_left - (ordered.cumsum(0) - ordered)).clamp(min=0).minimum(ordered)
-    return quotas.view(-1, dist.get_world_size())[:, dist.get_rank()].tolist()
-
-
-def _gather_rows(local: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """The bool tensor whose dim-0 shards (rank order, ``rows[r]`` rows on rank r) the ranks hold."""
-    padded = torch.zeros((max(rows), *local.shape[1:]), dtype=torch.uint8, device=local.device)
-    padded[:local.shape[0]] = local
-    pieces = _all_gather(padded)
-    return torch.cat([piece[:count] for piece, count in zip(pieces, rows)]).bool()
+def _check_threshold(threshold: torch.Tensor) -> None:
+    """A NaN threshold means NaN weights: no magnitude order to prune by."""
+    if torch.isnan(threshold):
+        raise ValueError("prune_round: the model's prunable weights contain NaN")
 
 
 class IMP:
@@ -196,9 +146,9 @@ class IMP:
         for name, weight in zip(self.names, self.weights):
             if weight.dtype not in WEIGHT_DTYPES:
                 raise TypeError(f"model: {name} must be float32/float16/bfloat16, got {weight.dtype}")
-        self.sharded = _is_sharded(self.names, self.weights)
-        self._fsdp_modules = self._find_fsdp_modules() if self.sharded else []
-        self.masks = [torch.ones_like(self._local(weight), dtype=torch.bool) for weight in self.weights]
+        self.sharded = check_sharded(self.names, self.weights, "IMP")  # FSDP2: masks hold this rank's shards
+        self._fsdp_modules = fsdp_modules(self.model) if self.sharded else []
+        self.masks = [torch.ones_like(local_shard(weight), dtype=torch.bool) for weight in self.weights]
         self._total = sum(weight.numel() for weight in self.weights)  # full (unsharded) sizes
         self._global_survivors = self._total
         self._grad_plan: TruncationPlan | None = None
@@ -207,27 +157,11 @@ class IMP:
         self.epoch = 0  # epoch_end calls so far
         self._saved: dict[str, Any] | None = None
 
-    def _find_fsdp_modules(self) -> list[nn.Module]:
-        """The model's FSDP2 modules (their ``reshard()`` makes edits of the shards visible)."""
-        from torch.distributed.fsdp import FSDPModule
-
-        return [module for module in self.model.modules() if isinstance(module, FSDPModule)]
-
-    def _local(self, tensor: torch.Tensor) -> torch.Tensor:
-        """This rank's shard of a weight or gradient (the tensor itself when not sharded)."""
-        return tensor.to_local() if self.sharded else tensor
-
-    def _reshard(self) -> None:
-        """Register the sharded parameters again: after a forward without backward, FSDP2 keeps
-        the root's weights unsharded and would not see edits of the shards."""
-        for module in self._fsdp_modules:
-            module.reshard()
-
     def _check_weights_current(self) -> None:
         """The weights must still be the model's: ``fully_shard`` after IMP replaces them."""
         for name, layer, weight in zip(self.names, self._layers, self.weights):
             current = getattr(layer.module, layer.attr, None)
-            if current is not weight and (self.sharded or _is_dtensor(current)):
+            if current is not weight and (self.sharded or is_dtensor(current)):
                 raise RuntimeError(f"IMP: {name} is no longer the model's parameter (the model was "
                                    "sharded after IMP was created?): create IMP after fully_shard")
 
@@ -245,7 +179,7 @@ class IMP:
 
     def _count_survivors(self) -> int:
         """Survivors over all ranks' shards (collective)."""
-        return _all_reduce_int(sum(int(mask.sum()) for mask in self.masks), self.masks[0].device)
+        return all_reduce_int(sum(int(mask.sum()) for mask in self.masks), self.masks[0].device)
 
     # ------------------------------------------------------------ rewinding
     def capture(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None) -> None:
@@ -277,8 +211,7 @@ class IMP:
         nothing left to prune changes nothing). Returns the new density; the pruned weights are
         zeroed at once. Collective when sharded.
         """
-        if self.sharded:
-            self._reshard()
+        reshard(self._fsdp_modules)
         self._check_weights_current()
         survivors = self._count_survivors() if self.sharded else self.survivors()
         if survivors == 0:
@@ -293,8 +226,7 @@ class IMP:
         scores = [torch.where(mask, weight.detach().abs(), math.inf)
                   for weight, mask in zip(self.weights, self.masks)]
         threshold = kth_value(scores, count - 1)
-        if torch.isnan(threshold):
-            raise ValueError("prune_round: the model's prunable weights contain NaN")
+        _check_threshold(threshold)
         ties_left = count - sum(int((score < threshold).sum()) for score in scores)
         for score, mask in zip(scores, self.masks):
             prune, ties_left = _layer_pruned(score, threshold, mask, ties_left)
@@ -316,18 +248,15 @@ class IMP:
     def _prune_sharded(self, survivors: int, count: int) -> float:
         """``prune_round`` on FSDP2 shards: the global threshold from ``sharded_kth_value``, then
         each rank prunes its entries below it and its quota of ties (global index order)."""
-        scores = [torch.where(mask, weight.to_local().detach().abs(), math.inf)
+        scores = [torch.where(mask, local_shard(weight).detach().abs(), math.inf)
                   for weight, mask in zip(self.weights, self.masks)]
         threshold = sharded_kth_value(scores, count - 1)
-        if torch.isnan(threshold):
-            raise ValueError("prune_round: the model's prunable weights contain NaN")
+        _check_threshold(threshold)
         self.round += 1
         assert_same_on_all_ranks(torch.tensor([count, threshold.item()], dtype=torch.float64),
                                  f"IMP's pruning threshold (round {self.round})")
         threshold = threshold.to(scores[0].device)
-        below = torch.stack([(score < threshold).sum() for score in scores]).to(torch.int64)
-        ties = torch.stack([((score == threshold) & mask).sum() for score, mask in zip(scores, self.masks)])
-        quotas = _tie_quotas(below, ties.to(torch.int64), count)
+        quotas = sharded_tie_quotas(scores, self.masks, threshold, count)
         for score, mask, quota in zip(scores, self.masks, quotas):
             mask &= ~_layer_pruned(score, threshold, mask, quota)[0]
         self.apply_masks()
@@ -346,10 +275,8 @@ class IMP:
                 self._grad_plan = TruncationPlan(self.weights, self.masks, scale=0.0)
             self._grad_plan()
             return
-        pairs = [(weight.grad.to_local(), mask) for weight, mask in zip(self.weights, self.masks)
-                 if weight.grad is not None]
-        if pairs:
-            grads, masks = zip(*pairs)
+        grads, masks = local_grads(self.weights, self.masks)
+        if grads:
             truncate_grads_(grads, masks, scale=0.0)
 
     @torch.no_grad()
@@ -365,8 +292,8 @@ class IMP:
     def apply_masks(self) -> None:
         """Zero the pruned weights of the model in place (one fused call)."""
         if self.sharded:
-            self._reshard()
-            truncate_grads_([weight.to_local().detach() for weight in self.weights], self.masks, scale=0.0)
+            reshard(self._fsdp_modules)
+            truncate_grads_([local_shard(weight).detach() for weight in self.weights], self.masks, scale=0.0)
             return
         if self._weight_plan is None:  # the masks are edited in place: one plan serves every round
             self._check_layouts()
@@ -453,16 +380,32 @@ class IMP:
         """
         hyperparameters = {"rate": self.rate, "rewind_step": self.rewind_step, "rounds": self.round,
                            "exclude": list(self.exclude)}
-        full = self._full_masks() if self.sharded else [mask.clone() for mask in self.masks]
+        full = gather_full_masks(self.names, self.masks, self.weights, "IMP") if self.sharded \
+            else [mask.clone() for mask in self.masks]
         masks = dict(zip(self.names, full))
         return Ticket(masks=masks, method="imp", hyperparameters=hyperparameters)
 
-    def _full_masks(self) -> list[torch.Tensor]:
-        """Every layer's full mask, gathered from the ranks' dim-0 shards (collective)."""
-        rows = _all_gather(torch.tensor([mask.shape[0] for mask in self.masks], dtype=torch.int64))
-        full = [_gather_rows(mask, rows[:, index].tolist()) for index, mask in enumerate(self.masks)]
-        for name, mask, weight in zip(self.names, full, self.weights):
-            if mask.shape != weight.shape:
-                raise RuntimeError(f"IMP: gathered mask of {name} has shape {tuple(mask.shape)}, "
-                                   f"expected {tuple(weight.shape)}")
-        return full
+    # ------------------------------------------------------------ Method protocol
+    name = "imp"  # its key in sparseticket.METHODS
+    kind = "weight"  # weight masks
+
+    def hooked_parameters(self) -> list[torch.Tensor]:
+        """The tensors whose gradients ``after_backward`` zeroes where pruned: every masked weight."""
+        return list(self.weights)
+
+    def check_placement(self) -> None:
+        """RuntimeError if a weight is no longer the tensor IMP masks, left its mask's device, or was cast
+        to a dtype IMP does not mask (model moved or cast after IMP was created). Skipped when sharded."""
+        if self.sharded:
+            return
+        for name, layer, mask, weight in zip(self.names, self._layers, self.masks, self.weights):
+            current = layer.tensor
+            if mask.device != current.device:
+                raise RuntimeError(f"IMP: the mask of {name} is on {mask.device}, the weight on {current.device}: "
+                                   "create IMP after moving the model to its device")
+            if current is not weight and not nn.utils.parametrize.is_parametrized(layer.module, layer.attr):
+                raise RuntimeError(f"IMP: {name} is no longer the tensor IMP masks (replaced after IMP was created): "
+                                   "create IMP after moving or converting the model")
+            if current.dtype not in WEIGHT_DTYPES:
+                raise RuntimeError(f"IMP: {name} was cast to {current.dtype} after IMP was created; IMP masks "
+                                   "float32/float16/bfloat16 weights: create IMP after converting the model")

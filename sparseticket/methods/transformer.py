@@ -37,7 +37,7 @@ from sparseticket.methods.hf_transformer import (
     set_bert_ffn,
     set_bert_heads,
 )
-from sparseticket.ops import cpp_runs_cpu_ops
+from sparseticket.ops import OutputSlot, scale_columns
 
 HEADS = "head_coefficients"
 FFN = "ffn_coefficients"
@@ -168,23 +168,10 @@ class _ScaleColumns(nn.Module):
         # named_modules and state_dict); deepcopy keeps the link.
         self._coefficients = (coefficients,)
         self.width = width
-        self._slot = torch.empty(0)  # memory the C++ path reuses for the scaled weight
+        self._slot = OutputSlot()  # memory the C++ path reuses for the scaled weight
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        coefficients = self._coefficients[0].weight
-        if _native_scaling(weight, coefficients):
-            # one C++ autograd op: the scaled weight in reused memory, one backward pass
-            if self._slot.shape != weight.shape:
-                self._slot = torch.empty(weight.shape)
-            return torch.ops.sparseticket_cpu.scale_columns(weight, coefficients, self.width, self._slot)
-        return weight * coefficients.repeat_interleave(self.width)
-
-
-def _native_scaling(weight: torch.Tensor, coefficients: torch.Tensor) -> bool:
-    """Whether the C++ column scaling applies: eager, float32 CPU tensors, the C++ kernels active."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
-            and coefficients.dtype == torch.float32 and not torch.compiler.is_compiling()
-            and cpp_runs_cpu_ops())
+        return scale_columns(weight, self._coefficients[0].weight, self.width, slot=self._slot)
 
 
 def attach_slimming(model: nn.Module) -> list[str]:

@@ -3,6 +3,12 @@
 CPU tensors run C++ kernels, CUDA tensors Triton kernels, and the plain-PyTorch reference is the
 fallback and the oracle. ``cpu_backend("triton")`` routes CPU tensors through Triton's
 interpreter (tests), ``backends()`` says what is active.
+
+Two ops are eager fast paths over those: ``gemminer_masked_weight`` (``gemminer_mask`` whose
+scores gradient lands in a caller's slot; a C++ autograd op on CPU, an autograd.Function over the
+Triton/reference kernels elsewhere) and ``scale_columns`` (a C++ autograd op for float32 CPU
+tensors, the reference otherwise: there is no Triton kernel). Under ``torch.compile`` they trace
+as ``gemminer_mask`` and the reference expression.
 """
 
 from sparseticket.ops._backend import (
@@ -13,14 +19,19 @@ from sparseticket.ops._backend import (
     cpu_backend,
     kernels_for,
 )
-from sparseticket.ops.gemminer import gemminer_mask, gemminer_step_
+from sparseticket.ops._validate import memory_order
+from sparseticket.ops.columns import scale_columns
+from sparseticket.ops.gemminer import MaskedWeightSlots, gemminer_mask, gemminer_masked_weight, gemminer_step_
 from sparseticket.ops.kth import digit_histogram, kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.ops.sharded import sharded_kth_value
+from sparseticket.ops.slots import OutputSlot
 from sparseticket.ops.truncate import TruncationPlan, truncate_grads_
 
 __all__ = [
     "CPU_BACKENDS",
+    "MaskedWeightSlots",
+    "OutputSlot",
     "TruncationPlan",
     "backends",
     "active_cpu_backend",
@@ -28,11 +39,14 @@ __all__ = [
     "cpu_backend",
     "digit_histogram",
     "gemminer_mask",
+    "gemminer_masked_weight",
     "gemminer_step_",
     "kernels_for",
     "kth_value",
     "mask_distances",
+    "memory_order",
     "pack_mask",
+    "scale_columns",
     "sharded_kth_value",
     "truncate_grads_",
     "unpack_mask",

@@ -13,6 +13,8 @@ the argument, or returns the arguments the kernels may trust:
 - scalars finite, counts and ranks in range.
 
 The contracts only read metadata, so they also run on fake tensors (``torch.compile`` tracing).
+``masked_weight_slots``, ``slots_fit_scores`` and ``scale_columns`` are the contracts of the eager
+ops that are not ``torch.library`` ops (their C++ paths check the same in C++).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sparseticket.ops._validate import (
 )
 
 TRUNCATE_NAMES = ("grads", "keep", "params")
+SCALE_DTYPES = (*FLOAT_DTYPES, torch.float64)
 DIGIT_SHIFTS = (24, 16, 8, 0)
 
 
@@ -227,6 +230,48 @@ def gemminer_step_(scores: object, grads: object, momentum_buffer: object, flags
     check_contiguous("momentum_buffer", momentum_buffer)
     return (scores, _readable(grads), momentum_buffer, _readable(flags), check_float("lr", lr),
             check_float("momentum", momentum), check_float("l2", l2))
+
+
+def masked_weight_slots(grad_slot: object, claimed: object) -> tuple:
+    """``grad_slot`` float, contiguous or channels_last (written in place); ``claimed`` one uint8
+    on the CPU (read and set on the host, never a device sync)."""
+    check_tensor("grad_slot", grad_slot, FLOAT_DTYPES)
+    check_flat_dense("grad_slot", grad_slot)
+    check_tensor("claimed", claimed, (torch.uint8,), torch.device("cpu"))
+    if claimed.numel() != 1:
+        raise ValueError(f"claimed must hold one element, got shape {tuple(claimed.shape)}")
+    return grad_slot, claimed
+
+
+def slots_fit_scores(grad_slot: torch.Tensor, scores: torch.Tensor) -> None:
+    """A scores gradient slot (``MaskedWeightSlots.grad_slot``) must have the scores' shape,
+    device and memory order, contiguous or channels_last: it is written in place and adopted as
+    ``scores.grad`` (what the C++ op checks too; a dtype mismatch only skips the slot)."""
+    if grad_slot.shape != scores.shape:
+        raise ValueError(f"slots.grad_slot must have the shape of scores {tuple(scores.shape)}, "
+                         f"got {tuple(grad_slot.shape)}")
+    if grad_slot.device != scores.device:
+        raise ValueError(f"slots.grad_slot must be on the device of scores ({scores.device}), got {grad_slot.device}")
+    if memory_order(scores) is None or memory_order(grad_slot) != memory_order(scores):
+        raise ValueError("scores and slots.grad_slot must be contiguous or channels_last, in one memory order "
+                         "(grad_slot is written in place): was the model moved or converted "
+                         "(model.to(memory_format=...)) after the GemMiner was made? Convert the model first, "
+                         "then create the GemMiner")
+
+
+def scale_columns(weight: object, coefficients: object, width: object) -> tuple:
+    """``weight`` float (float64 too: the reference serves it), 2-D; ``coefficients`` float, 1-D,
+    on weight's device, with ``weight.shape[1] / width`` entries; ``width >= 1``. Nothing is copied
+    (the inputs are differentiable: the kernels make them contiguous themselves)."""
+    check_tensor("weight", weight, SCALE_DTYPES)
+    check_tensor("coefficients", coefficients, SCALE_DTYPES, weight.device)
+    width = check_int("width", width, 1)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (a Linear weight), got shape {tuple(weight.shape)}")
+    if coefficients.dim() != 1 or coefficients.shape[0] * width != weight.shape[1]:
+        raise ValueError(f"coefficients must have weight.shape[1] / width = {weight.shape[1]} / {width} entries, "
+                         f"got shape {tuple(coefficients.shape)}")
+    return weight, coefficients, width
 
 
 CONTRACTS: dict[str, Callable[..., tuple]] = {

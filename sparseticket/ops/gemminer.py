@@ -1,11 +1,18 @@
-"""Gem-Miner ops: the score-masked weight (straight-through gradient) and the fused score step."""
+"""Gem-Miner ops: the score-masked weight (straight-through gradient), the same with its scores
+gradient written into a caller's slot (GemMiner's per-layer hot path), and the fused score step."""
 
 from __future__ import annotations
 
+from typing import Any, Literal, overload
+
 import torch
 
+from sparseticket._kernels.cpp import cpp_kernels
+from sparseticket.ops import _contracts as contracts
+from sparseticket.ops._backend import cpp_runs_cpu_ops
 from sparseticket.ops._library import define_op, register_fake
 from sparseticket.ops._validate import check_float, require_tensors
+from sparseticket.ops.slots import OutputSlot
 
 _mask_op = define_op("gemminer_mask", "(Tensor weight, Tensor scores, Tensor flags) -> Tensor")
 _mask_backward_op = define_op(
@@ -62,6 +69,16 @@ def gemminer_mask(weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tenso
     return _mask_op(weight, scores, flags)  # the op checks dtypes, devices and shapes
 
 
+@overload
+def gemminer_step_(scores: torch.Tensor, grads: torch.Tensor, momentum_buffer: torch.Tensor, flags: torch.Tensor,
+                   *, lr: float, momentum: float = ..., l2: float = ..., as_tensor: Literal[False] = ...) -> int: ...
+
+
+@overload
+def gemminer_step_(scores: torch.Tensor, grads: torch.Tensor, momentum_buffer: torch.Tensor, flags: torch.Tensor,
+                   *, lr: float, momentum: float = ..., l2: float = ..., as_tensor: Literal[True]) -> torch.Tensor: ...
+
+
 def gemminer_step_(
     scores: torch.Tensor,
     grads: torch.Tensor,
@@ -71,18 +88,103 @@ def gemminer_step_(
     lr: float,
     momentum: float = 0.9,
     l2: float = 0.0,
-) -> int:
+    as_tensor: bool = False,
+) -> int | torch.Tensor:
     """One fused SGD-with-momentum step on Gem-Miner scores, clamped to [0, 1], in place.
 
     Where ``flags``: ``v <- momentum*v + g + 2*l2*p``; ``p <- clamp(p - lr*v, 0, 1)``; entries
     with ``flags`` False stay unchanged. Equals ``torch.optim.SGD(momentum, dampening=0)`` on
     ``task + l2*||p||^2`` followed by a clamp. Returns the number of entries with p > 0.5 and
-    flags after the update (this syncs with the GPU: ``torch.ops.sparseticket.gemminer_step_``
-    takes the same arguments positionally and returns the count as a 0-d tensor instead).
+    flags after the update: a Python int (this waits for the GPU), or with ``as_tensor=True`` a
+    0-d int64 tensor on the scores' device (nothing waits: what a per-step hook wants).
     """
     require_tensors(scores=scores, grads=grads, momentum_buffer=momentum_buffer, flags=flags)
     lr = check_float("lr", lr)
     momentum = check_float("momentum", momentum)
     l2 = check_float("l2", l2)
+    if not isinstance(as_tensor, bool):
+        raise TypeError(f"as_tensor must be a bool, got {type(as_tensor).__name__}")
     kept = _step_op(scores.detach(), grads.detach(), momentum_buffer.detach(), flags, lr, momentum, l2)
-    return int(kept.item())
+    return kept if as_tensor else int(kept.item())
+
+
+# ------------------------------------------------------------------ the masked weight with slots
+class MaskedWeightSlots:
+    """Per-layer memory that ``gemminer_masked_weight`` reuses from step to step.
+
+    ``grad_slot``: where the first scores gradient of a step is written and then adopted as
+    ``scores.grad`` (no temporary, no zero-fill, no accumulation pass); it must have the scores'
+    shape, device and memory order (ValueError otherwise); one of another dtype is not used (the
+    gradient is then a fresh tensor, as usual). GemMiner passes each layer's slice of its flat
+    gradient. ``claimed``: one uint8 on the CPU,
+    set to 1 once this step's gradient went into ``grad_slot``; zero it to start the next step
+    (views into one buffer let a single ``zero_()`` reset every layer). A second gradient in the
+    same step (a layer used twice, gradient accumulation) is a fresh tensor autograd adds.
+    ``output``: memory the C++ path writes the masked weight into (see ``OutputSlot``).
+    """
+
+    def __init__(self, grad_slot: torch.Tensor, claimed: torch.Tensor) -> None:
+        self.grad_slot, self.claimed = contracts.masked_weight_slots(grad_slot, claimed)
+        self.output = OutputSlot()
+        self._claimed_flag = claimed.numpy()  # the same byte, read and set without a tensor op
+
+    def claim(self, scores: torch.Tensor) -> bool:
+        """Take the slot for this step's gradient of ``scores`` (checked to fit it): True only for
+        the first claim since ``claimed`` was zeroed, and only when the dtypes agree."""
+        if self._claimed_flag[0] or self.grad_slot.dtype != scores.dtype:
+            return False
+        self._claimed_flag[0] = 1
+        return True
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``gemminer_mask`` on the Triton or reference kernels whose first scores gradient of a step
+    goes into ``slots.grad_slot`` (what ``sparseticket_cpu::gemminer_masked_weight`` does in C++,
+    csrc/gemminer_autograd.cpp)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tensor,
+                slots: MaskedWeightSlots) -> torch.Tensor:
+        ctx.save_for_backward(weight, flags)
+        ctx.scores, ctx.slots = scores, slots  # the leaf itself: backward reads whether it has a .grad
+        return _mask_op(weight, scores, flags)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        weight, flags = ctx.saved_tensors
+        scores, slots = ctx.scores, ctx.slots
+        need_weight, need_scores = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_weight, grad_scores = _mask_backward_op(grad, weight, scores, flags, need_weight, need_scores)
+        if need_scores and scores.grad is None and slots.claim(scores):
+            slots.grad_slot.copy_(grad_scores)
+            grad_scores = slots.grad_slot.view_as(slots.grad_slot)  # adopted as scores.grad
+        return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
+
+
+def gemminer_masked_weight(
+    weight: torch.Tensor,
+    scores: torch.Tensor,
+    flags: torch.Tensor,
+    *,
+    slots: MaskedWeightSlots | None = None,
+) -> torch.Tensor:
+    """``gemminer_mask(weight, scores, flags)`` (same values, same straight-through gradients in
+    ``weight`` and ``scores``) whose scores gradient lands in ``slots.grad_slot`` (see
+    ``MaskedWeightSlots``): GemMiner's per-layer hot path.
+
+    CPU tensors with the C++ kernels active: one C++ autograd op (no Python per layer, forward or
+    backward; the masked weight reuses ``slots.output``). Otherwise (CUDA, the Triton or reference
+    CPU backends) an autograd.Function over the ``gemminer_mask`` kernels. Without ``slots``, or
+    while ``torch.compile`` traces, it is ``gemminer_mask`` (the gradient goes to ``scores.grad``).
+    """
+    require_tensors(weight=weight, scores=scores, flags=flags)
+    if slots is not None and not isinstance(slots, MaskedWeightSlots):
+        raise TypeError(f"slots must be a MaskedWeightSlots or None, got {type(slots).__name__}")
+    if slots is None or torch.compiler.is_compiling():
+        return _mask_op(weight, scores, flags)  # the op checks dtypes, devices and shapes
+    if weight.device.type == "cpu" and cpp_runs_cpu_ops():  # the C++ op checks its arguments itself
+        return cpp_kernels().gemminer_masked_weight(weight, scores, flags, slots.grad_slot, slots.claimed,
+                                                    slots.output.like(scores, weight.dtype))
+    contracts.gemminer_mask(weight, scores, flags)  # the C++ op's checks, in its order: the arguments,
+    contracts.slots_fit_scores(slots.grad_slot, scores)  # then the slot
+    return _MaskedWeight.apply(weight, scores, flags, slots)

@@ -6,6 +6,7 @@ contiguous tensors, lists of one dtype and one device. They follow the kernel co
 with ``csrc/`` and ``triton_kernels/`` (see each function's docstring).
 """
 
+from sparseticket.reference.columns import scale_columns
 from sparseticket.reference.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
 from sparseticket.reference.kth import digit_histogram, kth_value
 from sparseticket.reference.masks import mask_distances, pack_mask, unpack_mask
@@ -19,6 +20,7 @@ __all__ = [
     "kth_value",
     "mask_distances",
     "pack_mask",
+    "scale_columns",
     "truncate_grads_",
     "unpack_mask",
 ]
