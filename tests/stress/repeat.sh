@@ -4,7 +4,7 @@
 # keep the other core loaded, the conditions under which it was seen. Not collected by pytest.
 #
 #   tests/stress/repeat.sh 30                                   # every multi-process test file
-#   tests/stress/repeat.sh 30 tests/test_examples.py tests/test_cli_torchrun.py   # just these
+#   tests/stress/repeat.sh 30 tests/integrations/test_examples.py tests/cli/test_cli_torchrun.py   # just these
 #
 # Environment: PYTHON (default: python), STRESS_LOAD (busy loops, default 1), STRESS_LOGS (folder
 # for the logs, default a new /tmp/sparseticket-stress.XXXXXX). Per-test counts and a summary line
@@ -19,7 +19,7 @@ PYTHON=${PYTHON:-python}
 if [ $# -gt 0 ]; then
   FILES=("$@")
 else
-  mapfile -t FILES < <(grep -l "spawn\|torch.distributed.run\|torchrun" tests/test_*.py)
+  mapfile -t FILES < <(grep -l "spawn\|torch.distributed.run\|torchrun" tests/*/test_*.py)
 fi
 LOGS=${STRESS_LOGS:-$(mktemp -d /tmp/sparseticket-stress.XXXXXX)}
 mkdir -p "$LOGS"

@@ -57,11 +57,17 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("name, stop", [("worm", ("search", 2)), ("imp", ("search", 2)),
-                                        ("gemminer", ("finetune", 1))])
-def test_an_interrupted_search_resumes_from_its_store_to_the_same_result(digits, name, stop):
-    schedule = Schedule(epochs=3, round_epochs=1, finetune_epochs=2, batch_size=128)
-    options = {**OPTIONS.get(name, {}), **({"queue": 2} if name == "worm" else {})}
+@pytest.mark.parametrize("name, stop, changes", [
+    ("worm", ("search", 2), {"queue": 2}),
+    ("imp", ("search", 2), {}),
+    # IMP's later rounds start mid-epoch (k = 3 iterations) under a warm-up: cut in round 2's first epoch
+    ("imp", ("search", 3), {"rewind_step": "3it", "round_epochs": 2, "warmup_epochs": 1}),
+    ("gemminer", ("finetune", 1), {}),
+])
+def test_an_interrupted_search_resumes_from_its_store_to_the_same_result(digits, name, stop, changes):
+    recipe = {key: changes.pop(key) for key in ("round_epochs", "warmup_epochs") if key in changes}
+    schedule = Schedule(**{"epochs": 3, "round_epochs": 1, "finetune_epochs": 2, "batch_size": 128, **recipe})
+    options = {**OPTIONS.get(name, {}), **changes}
     whole = find_ticket(name, _model(), digits, schedule, **options)
 
     store = MemoryStore()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sparseticket.methods import Ticket
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _torchrun(script: str, cwd: Path) -> str:

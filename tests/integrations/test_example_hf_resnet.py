@@ -18,7 +18,7 @@ pytest.importorskip("sklearn")
 
 from sparseticket.methods import Ticket  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "hf_resnet_worm.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "hf_resnet_worm.py"
 
 
 def load_example() -> ModuleType:

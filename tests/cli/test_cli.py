@@ -10,7 +10,6 @@ import sys
 import pytest
 import torch
 
-from sparseticket.cli import search as search_module
 from sparseticket.cli.main import main
 from sparseticket.methods import Ticket
 
@@ -45,29 +44,6 @@ def test_search_writes_a_complete_run_folder(tmp_path, capsys, method, extra):
         assert "mask_distance.png" in names and ticket.channel_masks
     assert (run / "layer_density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "test accuracy" in capsys.readouterr().out
-
-
-def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
-    arguments = ["search", "--method", "worm", "--epochs", "7", "--queue", "3", *TINY]
-    assert main([*arguments, "--out", str(tmp_path / "whole")]) == 0
-    original = search_module.Search._log_row
-
-    def interrupt_at_epoch_4(self, row, *rest):
-        original(self, row, *rest)
-        if row["phase"] == "search" and row["epoch"] == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(search_module.Search, "_log_row", interrupt_at_epoch_4)
-    assert main([*arguments, "--out", str(tmp_path / "cut")]) == 130
-    monkeypatch.setattr(search_module.Search, "_log_row", original)
-    cut = _run_dir(tmp_path / "cut")
-    assert not (cut / "ticket.safetensors").exists()
-    assert main(["search", "--resume", str(cut), "--no-progress"]) == 0
-    whole = _run_dir(tmp_path / "whole")
-    assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
-    first, second = Ticket.load(whole / "ticket.safetensors"), Ticket.load(cut / "ticket.safetensors")
-    for name, mask in first.channel_masks.items():
-        assert torch.equal(mask, second.channel_masks[name])
 
 
 def test_compare_writes_table_and_plots(tmp_path, capsys):

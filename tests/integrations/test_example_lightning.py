@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 from sparseticket.methods import Ticket  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_digits.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_digits.py"
 
 
 def test_lightning_digits_example(tmp_path):

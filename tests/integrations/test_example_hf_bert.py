@@ -15,7 +15,7 @@ pytest.importorskip("accelerate")
 
 from sparseticket.methods import Ticket  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "hf_bert_earlybert.py"
 
 

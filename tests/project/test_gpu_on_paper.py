@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_on_paper.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_on_paper.py"
 _spec = importlib.util.spec_from_file_location("gpu_on_paper", SCRIPT)
 paper = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = paper  # dataclasses look their module up here

@@ -20,7 +20,7 @@ from sparseticket.cli.config import RunConfig
 from sparseticket.cli.main import _HELP, build_parser
 from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "DEFAULTS.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "DEFAULTS.md"
 NONE = "—"
 COLUMNS = ("flag", "ours", "paper", "source", "why")
 # flags that are tools, not hyper-parameters of a paper: the only rows allowed a "—" paper value
