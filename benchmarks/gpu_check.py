@@ -7,7 +7,8 @@ recorded even when it fails:
 
 1. build: an editable install of this repository when ``sparseticket`` is not importable;
 2. correctness: every op on the device (Triton kernels) against the plain-PyTorch reference, for
-   float32/float16/bfloat16, odd sizes and lists of tensors;
+   float32/float16/bfloat16, odd sizes and lists of tensors (scale_columns: forward, both gradients,
+   a bitwise-repeatable backward, and the public op's autograd on the device);
 3. no host sync: each method's per-step hooks after a real step, under
    ``torch.cuda.set_sync_debug_mode("error")`` (any synchronising call raises);
 4. speed: the device's copy bandwidth, then each fused op against a per-layer loop,
@@ -102,6 +103,7 @@ def build() -> dict:
 # ------------------------------------------------------------------------------------------ 2
 def correctness(device: torch.device, dry: bool) -> dict:
     """Every op's Triton kernel on ``device`` against the reference (on the CPU, float64-free)."""
+    import sparseticket.ops as ops
     from sparseticket import reference
     from sparseticket._kernels.triton import triton_kernels
 
@@ -127,6 +129,41 @@ def correctness(device: torch.device, dry: bool) -> dict:
                 failures.append(name)
                 return
 
+    def near_sum(name: str, got: torch.Tensor, terms: torch.Tensor) -> None:
+        """``got`` is the fp32 sum of each row of ``terms`` (float64) rounded to its dtype: within
+        that rounding plus 2·n·eps·Σ|term| of the exact sum."""
+        nonlocal checked
+        checked += 1
+        exact, magnitude = terms.sum(1), terms.abs().sum(1)
+        info, fp32 = torch.finfo(got.dtype), torch.finfo(torch.float32)
+        bound = info.eps * exact.abs() + 2 * terms.shape[1] * fp32.eps * magnitude + 1e-30
+        if not bool(((got.detach().cpu().double() - exact).abs() <= bound).all()):
+            failures.append(name)
+
+    def scale_columns_checks(tag: str, rows: int, groups: int, width: int, weight_dtype, coefficients_dtype) -> None:
+        """scale_columns: forward and weight gradient exact, coefficients' gradient a deterministic
+        sum (two runs bitwise equal), on the kernels and through the public op's autograd."""
+        weight = torch.randn(rows, groups * width, generator=generator).to(weight_dtype)
+        coefficients = (torch.rand(groups, generator=generator) + 0.5).to(coefficients_dtype)
+        out_dtype = torch.promote_types(weight_dtype, coefficients_dtype)
+        grad = torch.randn(rows, groups * width, generator=generator).to(out_dtype)
+        on = [weight.to(device), coefficients.to(device)]
+        same(f"scale_columns ({tag})", kernels.scale_columns(*on, width),
+             reference.scale_columns(weight, coefficients, width))
+        got = kernels.scale_columns_backward(grad.to(device), *on, width, True, True)
+        again = kernels.scale_columns_backward(grad.to(device), *on, width, True, True)
+        same(f"scale_columns_backward weight ({tag})", got[0],
+             (grad * coefficients.repeat_interleave(width)).to(weight_dtype))
+        terms = (grad.double() * weight.double()).reshape(rows, groups, width).transpose(0, 1).reshape(groups, -1)
+        near_sum(f"scale_columns_backward coefficients ({tag})", got[1], terms)
+        same(f"scale_columns_backward deterministic ({tag})", list(got), list(again))
+        leaves = [tensor.clone().requires_grad_() for tensor in on]
+        ops.scale_columns(*leaves, width).backward(grad.to(device))
+        same(f"scale_columns autograd ({tag})", [leaves[0].grad, leaves[1].grad], list(got))
+
+    column_shapes = [(1, 1, 1), (7, 5, 3), (33, 12, 64), (70, 12, 8)]
+    if not dry:
+        column_shapes += [(768, 3072, 1), (3072, 12, 64), (4097, 3, 5)]
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for size in sizes:
             tag = f"{str(dtype).removeprefix('torch.')}, {size}"
@@ -172,6 +209,11 @@ def correctness(device: torch.device, dry: bool) -> dict:
         got = [scores.to(device), buffer.to(device)]
         kernels.gemminer_step_(got[0], grads.to(device), got[1], flags.to(device), 0.1, 0.9, 1e-4)
         same(f"gemminer_step_ ({dtype})", got, want, exact=False)
+        for rows, groups, width in column_shapes:
+            scale_columns_checks(f"{str(dtype).removeprefix('torch.')}, {rows}x{groups * width}/{width}",
+                                 rows, groups, width, dtype, dtype)
+    scale_columns_checks("float16 weight, bfloat16 coefficients", 37, 12, 8, torch.float16, torch.bfloat16)
+    scale_columns_checks("bfloat16 weight, float32 coefficients", 37, 12, 8, torch.bfloat16, torch.float32)
     for count in sizes:
         mask = torch.rand(count, generator=generator) > 0.5
         packed = reference.pack_mask(mask)
@@ -213,7 +255,7 @@ def _method_steps(device: torch.device, dry: bool) -> dict[str, tuple[nn.Module,
 
 def no_host_sync(device: torch.device, dry: bool) -> dict:
     """Each method's step, the hooks included, with CUDA's sync debug mode set to raise (on the
-    CPU the steps only run: tests/test_no_host_sync.py checks the hooks there)."""
+    CPU the steps only run: tests/methods/test_no_host_sync.py checks the hooks there)."""
     failures = []
     for method, (_, step, _) in _method_steps(device, dry).items():
         step()  # first call: plans built, lazily allocated state

@@ -6,6 +6,7 @@ interpreter is on (``TRITON_INTERPRET=1`` set before triton is imported). ``AOT_
 module lists how to compile its kernels ahead of time for a GPU target.
 """
 
+from sparseticket.triton_kernels.columns import scale_columns, scale_columns_backward
 from sparseticket.triton_kernels.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
 from sparseticket.triton_kernels.kth import digit_histogram, kth_value
 from sparseticket.triton_kernels.masks import mask_distances, pack_mask, unpack_mask
@@ -19,6 +20,8 @@ __all__ = [
     "kth_value",
     "mask_distances",
     "pack_mask",
+    "scale_columns",
+    "scale_columns_backward",
     "truncate_grads_",
     "unpack_mask",
 ]

@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 
-from sparseticket.triton_kernels import gemminer, kth, masks, truncate
+from sparseticket.triton_kernels import columns, gemminer, kth, masks, truncate
 
-KERNEL_MODULES = (truncate, masks, kth, gemminer)
+KERNEL_MODULES = (truncate, masks, kth, gemminer, columns)
 _MEMORY_OP = re.compile(r"\b((?:ld|st)\.global(?:\.[a-z0-9]+)*)")
 # Float min/max instructions: without ".NaN" they return the other operand when one is NaN.
 _FLOAT_MIN_MAX = re.compile(r"\b((?:min|max)(?:\.[A-Za-z0-9]+)*\.(?:f16|f32|f64|bf16)(?:x2)?)\b")
@@ -55,6 +55,11 @@ def all_specs() -> list[dict]:
 
 FLOATS = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
 BOOLS = (True, False)
+
+
+def _promoted(first: str, second: str) -> str:
+    """The float type torch promotes two of FLOATS to (float16 with bfloat16 is float32)."""
+    return first if first == second else "fp32"
 
 
 def _variant(spec: dict, label: str, *, constexprs: dict | None = None, pointers: dict | None = None,
@@ -116,6 +121,32 @@ def specialisations(spec: dict) -> list[dict]:
                                         aligned=aligned, tables=True))
     elif name == "select_digit_kernel":
         out = [_variant(spec, f"final={final}", constexprs={"FINAL": final}) for final in BOOLS]
+    elif name == "scale_columns_kernel":
+        for weight in FLOATS:
+            for coefficients in FLOATS:
+                for aligned in BOOLS:
+                    out.append(_variant(spec, f"weight={weight} coefficients={coefficients} aligned={aligned}",
+                                        constexprs={"ALIGNED": aligned}, aligned=aligned,
+                                        pointers={"weight": weight, "coefficients": coefficients,
+                                                  "out": _promoted(weight, coefficients)}))
+    elif name == "scale_columns_backward_kernel":
+        for weight in FLOATS:
+            for coefficients in FLOATS:
+                for need_weight, need_coefficients in ((True, True), (True, False), (False, True)):
+                    for aligned in BOOLS:
+                        # grad has the forward output's (promoted) dtype; without a weight gradient the
+                        # launcher passes weight as grad_weight's placeholder (same dtype)
+                        out.append(_variant(
+                            spec, f"weight={weight} coefficients={coefficients} grad_weight={need_weight} "
+                                  f"grad_coefficients={need_coefficients} aligned={aligned}",
+                            constexprs={"NEED_WEIGHT": need_weight, "NEED_COEFFICIENTS": need_coefficients,
+                                        "ALIGNED": aligned},
+                            aligned=aligned,
+                            pointers={"grad": _promoted(weight, coefficients), "weight": weight,
+                                      "coefficients": coefficients, "grad_weight": weight}))
+    elif name == "scale_columns_reduce_kernel":
+        out = [_variant(spec, f"coefficients={coefficients}", pointers={"grad_coefficients": coefficients})
+               for coefficients in FLOATS]
     elif name == "mask_distances_kernel":
         out = [_variant(spec, f"runs={runs} aligned={aligned}", constexprs={"HAS_RUNS": runs, "ALIGNED": aligned},
                         aligned=aligned) for runs in BOOLS for aligned in BOOLS]

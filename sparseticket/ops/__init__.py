@@ -7,8 +7,9 @@ interpreter (tests), ``backends()`` says what is active.
 Two ops are eager fast paths over those: ``gemminer_masked_weight`` (``gemminer_mask`` whose
 scores gradient lands in a caller's slot; a C++ autograd op on CPU, an autograd.Function over the
 Triton/reference kernels elsewhere) and ``scale_columns`` (a C++ autograd op for float32 CPU
-tensors, the reference otherwise: there is no Triton kernel). Under ``torch.compile`` they trace
-as ``gemminer_mask`` and the reference expression.
+tensors, Triton forward and backward kernels for CUDA tensors and the Triton CPU backend, the
+reference otherwise). Under ``torch.compile`` they trace as ``gemminer_mask`` and the reference
+expression.
 """
 
 from sparseticket.ops._backend import (
