@@ -8,6 +8,7 @@ with DistributedDataParallel (gloo on the CPU, NCCL on GPUs); rank 0 writes the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "paired tests (default: the one --seed)")
     _add_run_flags(compare, skip=("method", "density"))
     commands.add_parser("info", help="versions, active kernels, threads")
+    build = commands.add_parser("build", help="build the C++ CPU kernels now into the cache (e.g. in a Docker image), "
+                                             "as the first import would when no install-time build loads")
+    build.add_argument("--force", action="store_true",
+                       help="build into the cache even when the install-time kernels load")
     commands.add_parser("reproduce", help="the papers' claims on the built-in task, over seeds (claims.md)",
                         add_help=False)  # its own flags: sparseticket.studies.claims
     return parser
@@ -222,6 +227,25 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
         print(summarize_compare(results, arguments.out))
 
 
+def _build(arguments: argparse.Namespace) -> int:
+    """``sparseticket build``: the first-use build of the C++ kernels, ahead of time; exit 1 if it fails."""
+    import subprocess
+
+    from sparseticket._kernels.cpp import cpp_source
+
+    if cpp_source() == "installed" and not arguments.force:
+        print("the C++ kernels built at install time load for this torch and CPU: nothing to build "
+              "(--force builds the first-use cache anyway)")
+        return 0
+    # in a fresh process that loads no C++ kernels: one process cannot hold two copies of their ops
+    script = ("from sparseticket._kernels.jit import build_kernels\n"
+              "module, reason, path = build_kernels()\n"
+              "print(f'C++ kernels ready: {path}' if module is not None else f'C++ kernels not built: {reason}')\n"
+              "raise SystemExit(0 if module is not None else 1)\n")
+    environment = {**os.environ, "SPARSETICKET_DISABLE_CPP": "1"}
+    return subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c", script], env=environment).returncode
+
+
 def _info() -> None:
     import platform
 
@@ -229,7 +253,10 @@ def _info() -> None:
 
     info = sparseticket.backends()
     print(f"sparseticket {sparseticket.__version__}, torch {torch.__version__}, python {platform.python_version()}")
-    print(f"kernels: C++ {'on' if info['cpp'] else 'off (' + info['cpp_reason'] + ')'}; "
+    from sparseticket._kernels.cpp import KERNELS_FROM, cpp_source
+
+    cpp = f"on ({KERNELS_FROM[cpp_source()]})" if info["cpp"] else f"off ({info['cpp_reason']})"
+    print(f"kernels: C++ {cpp}; "
           f"Triton {'on' if info['triton'] else 'off (' + info['triton_reason'] + ')'}; "
           f"CUDA GPU {'yes' if info['cuda'] else 'no'}")
     print(f"CPU ops run on: {info['cpu_backend']}; CUDA ops run on: {info['cuda_backend']}")
@@ -253,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if arguments.command == "info":
             _info()
+        elif arguments.command == "build":
+            code = _build(arguments)
         else:
             processes = distributed.start(_device(arguments), arguments.dist_timeout)
             rank = f" (rank {processes.rank})" if processes.distributed else ""
