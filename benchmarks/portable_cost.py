@@ -5,7 +5,9 @@ Both variants come from the first-use build (``sparseticket._kernels.jit``) into
 (the first run builds each once, about 2 minutes apiece on 2 cores); each timing runs in a fresh
 process that loads one variant only.
 
-    python benchmarks/portable_cost.py [--elements 4000000] [--rounds 3] [--cache DIR]
+    python benchmarks/portable_cost.py [--elements 4000000] [--rounds 3] [--cache DIR] [--out FILE]
+
+The table is printed and written to ``benchmarks/PORTABLE_COST.md`` (the one place the figure lives).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -60,17 +63,39 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="native/portable pairs timed in turns")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "sparseticket-portable-cost"),
                         help="first-use build cache holding both variants")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "PORTABLE_COST.md"),
+                        help="where the table is written (default benchmarks/PORTABLE_COST.md)")
     arguments = parser.parse_args()
-    print(f"gemminer_step_ over {arguments.elements:,} scores, median of 20 steps per process")
-    print("| threads | native ms | portable ms | portable / native |")
-    print("|---|---|---|---|")
+    lines = ["# What a portable build of the C++ kernels costs", "",
+             "Written by `python benchmarks/portable_cost.py` (do not edit by hand). Gem-Miner's score step "
+             f"(`gemminer_step_`) over {arguments.elements:,} scores, built with `-march=native` (the install-time "
+             "and first-use default) and with `SPARSETICKET_PORTABLE=1`; median of 20 steps per process, the "
+             f"median over {arguments.rounds} native/portable pairs timed in turns. CPU: {_cpu_name()}.", "",
+             "| threads | native ms | portable ms | portable / native |", "|---|---|---|---|"]
+    print("\n".join(lines), flush=True)
     for threads in (1, 2):
         native, portable = [], []
         for _ in range(arguments.rounds):
             native.append(time_variant(False, arguments.elements, threads, arguments.cache)["median_s"])
             portable.append(time_variant(True, arguments.elements, threads, arguments.cache)["median_s"])
         n, p = statistics.median(native), statistics.median(portable)
-        print(f"| {threads} | {n * 1e3:.2f} | {p * 1e3:.2f} | {p / n:.2f}x |", flush=True)
+        lines.append(f"| {threads} | {n * 1e3:.2f} | {p * 1e3:.2f} | {p / n:.2f}x |")
+        print(lines[-1], flush=True)
+    with open(arguments.out, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    print(f"written to {arguments.out}")
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def order_key(value):
     wide = to_float32(value)
     bits = wide.to(tl.uint32, bitcast=True)
     negative = (bits >> 31) != 0
-    key = tl.where(negative, ~bits, bits | 0x80000000)
+    key = tl.where(negative, bits ^ 0xFFFFFFFF, bits | 0x80000000)
     return tl.where(wide != wide, 0xFFFFFFFF, key)  # NaN test in fp32: every NaN, whatever its sign
 
 
@@ -79,7 +79,7 @@ def select_digit_kernel(state, histogram, result, FINAL: tl.constexpr):
     tl.store(state + 1, rank - below)
     if FINAL:
         key = prefix.to(tl.uint32)
-        bits = tl.where((key >> 31) != 0, key ^ 0x80000000, ~key)
+        bits = tl.where((key >> 31) != 0, key ^ 0x80000000, key ^ 0xFFFFFFFF)
         tl.store(result, bits.to(tl.float32, bitcast=True))
 
 

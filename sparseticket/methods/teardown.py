@@ -105,8 +105,9 @@ def _drop_torch_caches() -> None:
         target = sys.modules.get(module_name)  # never imported: nothing cached
         for attribute in path.split("."):
             target = getattr(target, attribute, None)
-        if target is not None:
-            (getattr(target, method) if method else target)()
+        clear = getattr(target, method, None) if method else target
+        if callable(clear):  # older torch: not a cache there (e.g. no cache_clear), nothing to drop
+            clear()
 
 
 def free_destroyed_groups() -> bool:

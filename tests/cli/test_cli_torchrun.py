@@ -49,12 +49,16 @@ def _torchrun(arguments: list[str]) -> list[str]:
             *arguments]
 
 
+OUTSIDE_THE_SOURCE_TREE = Path(__file__).parent  # `python -m` puts the working folder first on sys.path
+
+
 def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _run(arguments: list[str]) -> str:
-    done = subprocess.run(_torchrun(arguments), capture_output=True, text=True, env=_environment(), timeout=300)
+    done = subprocess.run(_torchrun(arguments), capture_output=True, text=True, env=_environment(), timeout=300,
+                          cwd=OUTSIDE_THE_SOURCE_TREE)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -62,7 +66,8 @@ def _run(arguments: list[str]) -> str:
 def _interrupt_after(arguments: list[str], line_start: str) -> None:
     """Start torchrun and press Ctrl-C (SIGINT to the whole process group) once ``line_start`` is logged."""
     process = subprocess.Popen(_torchrun(arguments), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=_environment(), start_new_session=True)
+                               env=_environment(), start_new_session=True,
+                               cwd=OUTSIDE_THE_SOURCE_TREE)
     seen = []
     try:
         for line in process.stdout:

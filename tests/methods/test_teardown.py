@@ -42,6 +42,8 @@ def _worker(rank: int, port: int, results) -> None:
 
 def test_end_distributed_joins_the_gloo_threads():
     results = spawn(_worker)
+    if not any(results[rank]["while_running"] for rank in range(2)) and torch.__version__ < "2.10":
+        pytest.skip(f"torch {torch.__version__}'s gloo does not name its threads: nothing to count")
     for rank in range(2):
         assert "pt_gloo_runloop" in results[rank]["while_running"], results[rank]  # the check sees them
         assert results[rank]["released"] and results[rank]["left"] == [], results[rank]

@@ -29,7 +29,7 @@ def _reproduce(out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "sparseticket", "reproduce", "--small", "--workers", "1", "--threads", "1",
                "--out", str(out), *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out.parent)  # not the source tree
 
 
 @pytest.fixture(scope="module")
