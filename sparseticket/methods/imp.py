@@ -109,6 +109,12 @@ def _layer_pruned(scores: torch.Tensor, threshold: torch.Tensor, mask: torch.Ten
     return prune | ties, ties_left - tie_count
 
 
+def _restore_learning_rates(scheduler: Any, state: dict[str, Any]) -> None:
+    """Set the LR of each of the scheduler's optimizer groups to what the scheduler had set at the capture."""
+    for group, rate in zip(scheduler.optimizer.param_groups, state["_last_lr"]):
+        group["lr"] = rate
+
+
 def _check_threshold(threshold: torch.Tensor) -> None:
     """A NaN threshold means NaN weights: no magnitude order to prune by."""
     if torch.isnan(threshold):
@@ -183,7 +189,13 @@ class IMP:
 
     # ------------------------------------------------------------ rewinding
     def capture(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None) -> None:
-        """Store the model (all parameters and buffers) and optimizer/scheduler states to rewind to."""
+        """Store the model (all parameters and buffers) and optimizer/scheduler states to rewind to.
+
+        ``scheduler``: the LR scheduler, whose position ``rewind`` restores together with the learning
+        rates it set (also when its optimizer is not passed: the rates come from its ``_last_lr``)."""
+        if scheduler is not None and optimizer is None and "_last_lr" not in scheduler.state_dict():
+            raise ValueError(f"capture: {type(scheduler).__name__} does not record the learning rates it set "
+                             "(_last_lr): pass its optimizer too, so that rewind() restores them")
         self._saved = {
             "model": {key: value.detach().clone() for key, value in self.model.state_dict().items()},
             "optimizer": (optimizer, copy.deepcopy(optimizer.state_dict())) if optimizer is not None else None,
@@ -199,6 +211,8 @@ class IMP:
             if entry is not None:
                 owner, state = entry
                 owner.load_state_dict(copy.deepcopy(state))  # a copy: later steps must not edit it
+        if self._saved["scheduler"] is not None and self._saved["optimizer"] is None:
+            _restore_learning_rates(*self._saved["scheduler"])
         self.apply_masks()
 
     # ------------------------------------------------------------ pruning

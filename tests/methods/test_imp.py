@@ -129,6 +129,44 @@ def test_rewind_restores_weights_and_optimizer_state():
         assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"])
 
 
+def test_rewinding_a_scheduler_alone_restores_its_learning_rate():
+    """capture(None, scheduler): rewind() must put the LR back with the schedule's position, not
+    leave the optimizer at its end-of-round rate (issue 25)."""
+    model = mlp()
+    imp = IMP(model, rate=0.2, rewind_step=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    for _ in range(2):
+        sgd_steps(model, imp, optimizer, 1, seed=0)
+        scheduler.step()
+    imp.capture(None, scheduler)  # LR 0.1 at step 2
+    for _ in range(5):
+        sgd_steps(model, imp, optimizer, 1, seed=1)
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.4 * 0.5 ** 7
+    imp.prune_round()
+    imp.rewind()
+    assert scheduler.last_epoch == 2 and optimizer.param_groups[0]["lr"] == 0.1
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.05  # the schedule goes on from step 2
+
+
+def test_capturing_a_scheduler_that_does_not_record_its_rates_needs_the_optimizer():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
+
+    class Bare:  # a scheduler-like object whose state holds no _last_lr
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+        def state_dict(self):
+            return {"position": 0}
+
+    with pytest.raises(ValueError, match="pass its optimizer too"):
+        IMP(model).capture(None, Bare(optimizer))
+    IMP(model).capture(optimizer, Bare(optimizer))  # with its optimizer: the rates come from there
+
+
 def test_pruned_weights_stay_exactly_zero_under_momentum_and_weight_decay():
     model = mlp()
     imp = IMP(model, rate=0.5, rewind_step=5)
