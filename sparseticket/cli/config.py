@@ -39,6 +39,7 @@ class RunConfig:
     lr_schedule: str = "step"  # dense training's schedule: "constant", "step" (x0.1 at 50% and 75%), "cosine"
     warmup_epochs: int = 0  # linear warm-up of the dense training's learning rate
     augment: bool = False  # digits: random affine (+-1 px, +-15 deg) and Gaussian noise 0.1 while training
+    convention: str = "default"  # "original": the authors' code's semantics (sparseticket.methods.convention)
     # EarlyBird / WORM
     ratio: float = 0.5
     l1: float = 1e-4

@@ -18,6 +18,7 @@ import torch
 from sparseticket.cli import distributed, presets
 from sparseticket.cli.config import RunConfig, is_channel_method, method_choices
 from sparseticket.cli.report import summarize_compare, summarize_search
+from sparseticket.methods.convention import CONVENTIONS
 
 _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and why (docs/DEFAULTS.md)
     "method": "ticket method",
@@ -38,6 +39,10 @@ _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and w
     "finetune_epochs": "epochs of fine-tuning the ticket; paper: 150 (Gem-Miner fine-tunes as many epochs as it "
                        "mines; EarlyBird retrains to the end of its 160); 30 here: the same rule on --epochs' 30",
     "finetune_lr": "fine-tuning learning rate",
+    "convention": "whose semantics the methods follow; paper: original (the authors' code bit for bit: open_lth's "
+                  "IMP count, ties and fresh optimizer at k; Gem-Miner's per-round count; the untrained mask in "
+                  "EarlyBird/WORM queues; no L1 for WORM unless --l1 is given); default here: exact counts, the "
+                  "optimizer state restored at IMP's rewind, queues of trained masks (docs/fidelity.md)",
     "ratio": "EarlyBird/WORM: fraction of channels pruned", "l1": "EarlyBird/WORM: L1 on BN gamma",
     "queue": "EarlyBird/WORM: masks kept in the queue", "eps": "EarlyBird/WORM: stop when max distance <= eps",
     "trigger": "WORM: truncate once the mean queue distance < trigger",
@@ -80,7 +85,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
             parser.add_argument(flag, action=presets.Flag, default=default, help=_HELP.get(field.name, field.name))
             continue
         kind = {int: int, float: float}.get(type(default), str)
-        choices = {"static": ("newest", "queue"), "lr_schedule": ("constant", "step", "cosine")}.get(field.name)
+        choices = {"static": ("newest", "queue"), "lr_schedule": ("constant", "step", "cosine"),
+                   "convention": CONVENTIONS}.get(field.name)
         parser.add_argument(flag, type=kind, default=default, choices=choices, action=presets.Store,
                             help=f"{_HELP.get(field.name, field.name)} (default: {default})")
     parser.add_argument("--preset", choices=tuple(presets.PRESETS), default="default",
@@ -130,9 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(arguments: argparse.Namespace, **overrides) -> RunConfig:
     """The run's config: the flags' values, then --preset's (except for flags given explicitly), then ``overrides``."""
     values = {f.name: getattr(arguments, f.name) for f in fields(RunConfig) if hasattr(arguments, f.name)}
-    config = presets.apply_preset(RunConfig(**values), getattr(arguments, "preset", "default"),
-                                  presets.explicit_flags(arguments))
-    return replace(config, **overrides)
+    explicit = presets.explicit_flags(arguments)
+    config = replace(presets.apply_preset(RunConfig(**values), getattr(arguments, "preset", "default"), explicit),
+                     **overrides)
+    if config.convention == "original" and config.method == "worm" and "l1" not in explicit:
+        config = replace(config, l1=0.0)  # the WORM authors' code has no L1 on gamma
+    return config
 
 
 def _check(config: RunConfig) -> None:

@@ -219,16 +219,16 @@ def imp_rounds(density: float, rate: float) -> int:
 
 
 class IMPJob(Job):
-    """IMP with rewinding as open_lth runs it. A round is T = ``round_epochs`` epochs of steps under
-    one LR schedule. Round 1 trains steps 0..T-1 from the initial weights and captures the weights,
-    the optimizer and the scheduler at step k (``rewind_step``); every later round rewinds all three
-    to step k and trains steps k..T-1 only. The data of step s is batch ``s % steps_per_epoch`` of
-    data epoch ``s // steps_per_epoch``, so every round sees at step s the batch and the LR that
-    round 1 saw. A search epoch is one epoch of a round, the first of a later round starting
-    mid-epoch when k is not a whole number of epochs; the last of a round prunes ``rate`` of the
-    survivors and rewinds. ``round_end(job, round, accuracy)``, when given, runs at each round's end
-    before the pruning (the model trained at the round's masks; ``accuracy``: its ``evaluate``) and
-    returns metrics for the row."""
+    """IMP with rewinding, rounds as open_lth runs them. A round is T = ``round_epochs`` epochs of steps under
+    one LR schedule. Round 1 trains steps 0..T-1 from the initial weights and captures the weights, the
+    optimizer and the scheduler at step k (``rewind_step``; under ``convention="original"`` the optimizer state
+    is cleared there, as open_lth's new optimizer); every later round rewinds all three to step k and trains
+    steps k..T-1 only. The data of step s is batch ``s % steps_per_epoch`` of data epoch ``s //
+    steps_per_epoch``, so every round sees at step s the batch and the LR that round 1 saw. A search epoch is
+    one epoch of a round, the first of a later round starting mid-epoch when k is not a whole number of epochs;
+    the last of a round prunes ``rate`` of the survivors and rewinds. ``round_end(job, round, accuracy)``, when
+    given, runs at each round's end before the pruning (the model trained at the round's masks; ``accuracy``:
+    its ``evaluate``) and returns metrics for the row."""
 
     def __init__(self, name: str, model: nn.Module, options: dict[str, Any], schedule: Schedule,
                  data: TrainingData, round_end: Callable[[IMPJob, int, dict], dict] | None = None) -> None:

@@ -28,6 +28,7 @@ from sparseticket.methods.bn_channels import (
     relative_importance,
 )
 from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.convention import check_convention
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.ops import TruncationPlan, mask_distances, unpack_mask
@@ -45,6 +46,20 @@ class RatioTracker:
     found_epoch: int | None = None
 
 
+DEFAULT_L1 = 1e-4  # L1 on BN gamma: Early-Bird-Tickets' --s with -sr (its search script's setting)
+
+
+def hamming_distances(distances: torch.Tensor, channels: int) -> list[float]:
+    """Distances as the original EarlyBird and WORM code computes them: ``1 - equal / N`` in double.
+
+    ``distances`` are the op's float32 ``differing / N``; for ``N < 2**23`` rounding ``d * N``
+    recovers the differing count exactly, so 4 of 40 channels give 0.09999999999999998 (which
+    ``eps = 0.1`` accepts), not float32's 0.10000000149."""
+    if channels >= 2**23:
+        raise ValueError(f"mask distances over {channels} channels: counts are exact below 2**23 only")
+    return [1.0 - (channels - round(value * channels)) / channels for value in distances.tolist()]
+
+
 def _check_ratios(ratio: float | Sequence[float]) -> list[float]:
     ratios = [ratio] if isinstance(ratio, (int, float)) else list(ratio)
     if not ratios or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1
@@ -60,7 +75,13 @@ class EarlyBird:
     ``ratio``: fraction of channels pruned (a list tracks several at once, each with its own
     queue and found epoch); ``l1``: L1 sparsity on gamma (subgradient added by
     ``after_backward``); ``queue``: masks kept; ``eps``: the ticket is drawn when the newest mask
-    is within ``eps`` (normalised Hamming distance) of every older mask of a full queue.
+    is within ``eps`` (normalised Hamming distance, ``1 - equal/N`` in double as the original
+    code computes it) of every older mask of a full queue.
+
+    ``convention="original"`` (Early-Bird-Tickets' ``main.py``): the queue also holds the untrained
+    model's mask, taken here at construction (the original takes a mask at the start of every
+    epoch, epoch 0 included), so the first full queue comes one epoch earlier. Create the method
+    after moving the model to its device. The default queue holds the masks of trained epochs only.
     """
 
     METHOD = "earlybird"  # the tag of state_dict(): a state loads only into the same method
@@ -72,10 +93,12 @@ class EarlyBird:
         model: nn.Module,
         *,
         ratio: float | Sequence[float] = 0.5,
-        l1: float = 1e-4,
+        l1: float = DEFAULT_L1,
         queue: int = 5,
         eps: float = 0.1,
+        convention: str = "default",
     ) -> None:
+        self.convention = check_convention(convention)
         if isinstance(queue, bool) or not isinstance(queue, int) or queue < 2:
             raise ValueError(f"queue must be an int >= 2 (masks compared), got {queue!r}")
         if not 0 <= eps <= 1:
@@ -93,6 +116,8 @@ class EarlyBird:
         self.epoch = 0
         self.prune_report = None
         self._l1_plan: TruncationPlan | None = None  # made on the first step, on the model's device
+        if self.convention == "original":  # the untrained model's mask opens every queue
+            self._record_all(channel_importance(self.layers), initial=True)
 
     # ----------------------------------------------------------------- per step
     def after_backward(self) -> None:
@@ -116,13 +141,15 @@ class EarlyBird:
     def epoch_end(self) -> bool:
         """Record this epoch's mask for every ratio; True the first time any ratio's ticket is drawn."""
         self.epoch += 1
-        importance = channel_importance(self.layers)
+        return self._record_all(channel_importance(self.layers))
+
+    def _record_all(self, importance: torch.Tensor, initial: bool = False) -> bool:
         newly_found = False
         for tracker in self.trackers:
-            newly_found |= self._record(tracker, importance)
+            newly_found |= self._record(tracker, importance, initial)
         return newly_found
 
-    def _record(self, tracker: RatioTracker, importance: torch.Tensor) -> bool:
+    def _record(self, tracker: RatioTracker, importance: torch.Tensor, initial: bool = False) -> bool:
         relative = relative_importance(self.layers, importance, tracker.ratio)
         history = (torch.stack(tracker.masks) if tracker.masks else
                    torch.empty(0, (self.channels + 7) // 8, dtype=torch.uint8, device=importance.device))
@@ -130,8 +157,9 @@ class EarlyBird:
             tracker.static_runs = torch.zeros(self.channels, dtype=torch.int32, device=importance.device)
         packed, distances = mask_distances(relative, 0.0, history, static_runs=tracker.static_runs)
         assert_same_on_all_ranks(packed, f"EarlyBird's channel mask (ratio {tracker.ratio}, epoch {self.epoch})")
-        tracker.distances = distances.tolist()
-        tracker.history.append(tracker.distances)
+        tracker.distances = hamming_distances(distances, self.channels)
+        if not initial:  # the untrained model's mask has no distances to plot
+            tracker.history.append(tracker.distances)
         tracker.masks = (tracker.masks + [packed])[-(self.queue - 1):]
         if tracker.found_epoch is None and self._queue_full(tracker) and max(tracker.distances) <= self.eps:
             tracker.found_epoch = self.epoch
@@ -146,6 +174,7 @@ class EarlyBird:
         """A snapshot of everything ``epoch_end`` changes (tensors and plain values only)."""
         return {
             "method": self.METHOD,
+            "convention": self.convention,
             "channels": self.channels,
             "queue": self.queue,
             "epoch": self.epoch,
@@ -166,6 +195,10 @@ class EarlyBird:
             found = state.get("method") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"{type(self).__name__}.load_state_dict: state of method {found!r}, "
                              f"expected {self.METHOD!r}")
+        convention = state.get("convention", "default")  # states saved before conventions: the default
+        if convention != self.convention:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state of convention {convention!r}, "
+                             f"this method follows {self.convention!r}")
         ratios = [tracker["ratio"] for tracker in state["trackers"]]
         expected = (self.channels, self.queue, [tracker.ratio for tracker in self.trackers])
         if (state["channels"], state["queue"], ratios) != expected:
@@ -239,7 +272,7 @@ class EarlyBird:
                       channel_masks=self.channel_mask(tracker.ratio))
 
     def _hyperparameters(self) -> dict[str, Any]:
-        return {"l1": self.l1, "queue": self.queue, "eps": self.eps}
+        return {"l1": self.l1, "queue": self.queue, "eps": self.eps, "convention": self.convention}
 
     def channel_mask(self, ratio: float | None = None) -> dict[str, torch.Tensor]:
         """Per-layer bool masks (True = keep) of the newest mask for ``ratio`` (default: the first)."""

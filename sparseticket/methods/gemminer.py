@@ -2,9 +2,10 @@
 
 Every prunable weight (Conv/Linear, ``nn.MultiheadAttention`` Q/K/V) is frozen at its
 initialization and multiplied by ``1[p > 0.5] * q``:
-``p`` are scores in [0, 1] trained with straight-through gradients, ``q`` frozen flags. Every
-``period`` epochs the globally lowest-scoring active weights are frozen (``q = 0``) so that the
-mask ends at exactly ``density``. Scores and flags live in one flat buffer each::
+``p`` are scores in [0, 1] trained with straight-through gradients, ``q`` frozen flags. After
+epochs T + 1, 2T + 1, ... (T = ``period``; the authors' ``main.py`` freezes after 0-based epoch e
+when ``e % T == 0 and e != 0``) the globally lowest-scoring active weights are frozen (``q = 0``)
+so that the mask ends at exactly ``density``. Scores and flags live in one flat buffer each::
 
     gm = GemMiner(model, density=0.05, epochs=E)
     ...  loss.backward(); gm.after_backward()     # = gm.step(): fused SGD+momentum+L2+clamp on all scores
@@ -33,6 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.convention import check_convention
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import PrunableWeight, prunable_weights
@@ -75,14 +77,32 @@ def freezing_steps(epochs: int, period: int) -> int:
     return (epochs - 1) // period
 
 
+def freezing_round(epoch: int, period: int) -> int:
+    """The freezing round that follows epoch ``epoch`` (1-based), or 0: the authors' code freezes
+    after 0-based epoch e when ``e % period == 0 and e != 0``, i.e. after epochs T + 1, 2T + 1, ..."""
+    trained = epoch - 1  # the 0-based index of the epoch just trained
+    return trained // period if trained > 0 and trained % period == 0 else 0
+
+
+def original_rate(density: float, rounds: int) -> float:
+    """The authors' per-round freezing rate p = 1 - density**(1/rounds) (``1 - exp(log(d)/n)``, in double)."""
+    return 1.0 - math.exp(math.log(density) / rounds)
+
+
 class GemMiner:
     """Scores and frozen flags for every prunable weight, the fused score step and the freezing schedule.
 
     ``density``: target fraction of weights kept; ``epochs``: mining epochs E; ``period``: freeze
-    every T epochs (rate 1 - density**(1/floor((E-1)/T)) of the active weights each time);
+    after epochs T + 1, 2T + 1, ... (floor((E-1)/T) rounds, as the authors' code);
     ``l2``: lambda of lambda*||p||^2; ``lr``/``momentum``: SGD on the scores (cosine schedule
     over ``epochs``). All of the model's own parameters are frozen while mining (BN acts as
     non-affine). ``seed`` seeds the U[0, 1] score draw; None follows ``torch.manual_seed``.
+
+    ``convention``: ``"default"`` freezes exactly down to ``round(N * density**(r/n))`` active
+    weights in round r of n (ties by position), so mining ends at exactly ``round(N * density)``.
+    ``"original"`` is the authors' ``BottomK`` (``utils/net_utils.py``): each round freezes
+    ``ceil(p * active)`` weights, p = 1 - density**(1/n), and every active score tied with the
+    threshold (``|s| <= threshold``), so it ends at or below N * density.
     """
 
     owns_update = True  # after_backward() is the whole update while mining: a driver runs no optimizer
@@ -99,7 +119,9 @@ class GemMiner:
         momentum: float = 0.9,
         exclude: Iterable[str] = (),
         seed: int | None = None,
+        convention: str = "default",
     ) -> None:
+        self.convention = check_convention(convention)
         if not 0 < density <= 1:
             raise ValueError(f"density must be in (0, 1], got {density!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -240,16 +262,28 @@ class GemMiner:
         epoch = self.epoch = self.epoch + 1
         self.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
         steps = freezing_steps(self.epochs, self.period)
-        if self.target_density >= 1 or epoch % self.period or not 0 < epoch // self.period <= steps:
+        round_index = freezing_round(epoch, self.period)
+        if self.target_density >= 1 or not 0 < round_index <= steps or round_index <= self.freezes_done:
             return False
-        round_index = epoch // self.period
-        if round_index <= self.freezes_done:
-            return False
-        target = round(self.flags.numel() * self.target_density ** (round_index / steps))
-        self._freeze_lowest(int(self.flags.sum()) - target)
+        active = int(self.flags.sum())
+        if self.convention == "original":
+            self._freeze_up_to(math.ceil(original_rate(self.target_density, steps) * active))
+        else:
+            target = round(self.flags.numel() * self.target_density ** (round_index / steps))
+            self._freeze_lowest(active - target)
         assert_same_on_all_ranks(self.flags, f"Gem-Miner's frozen flags (epoch {epoch})")
         self.freezes_done = round_index
         return True
+
+    @torch.no_grad()
+    def _freeze_up_to(self, count: int) -> None:
+        """The authors' round: freeze every active weight whose |score| is at most the ``count``-th
+        smallest active |score| (``count`` or more: all ties go)."""
+        if count <= 0:
+            return
+        active_scores = torch.where(self.flags, self.scores.detach().abs(), math.inf)
+        threshold = kth_value(active_scores, count - 1)
+        self.flags &= ~(active_scores <= threshold)
 
     @torch.no_grad()
     def _freeze_lowest(self, count: int) -> None:
@@ -274,6 +308,7 @@ class GemMiner:
         """
         return {
             "method": "gemminer",
+            "convention": self.convention,
             "scores": self.scores.detach().clone(),
             "flags": self.flags.clone(),
             "momentum_buffer": self.momentum_buffer.clone(),
@@ -289,6 +324,10 @@ class GemMiner:
         if not isinstance(state, dict) or state.get("method") != "gemminer":
             found = state.get("method") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"GemMiner.load_state_dict: state of method {found!r}, expected 'gemminer'")
+        convention = state.get("convention", "default")  # states saved before conventions: the default
+        if convention != self.convention:
+            raise ValueError(f"GemMiner.load_state_dict: state of convention {convention!r}, this miner "
+                             f"follows {self.convention!r}")
         for name, target in (("scores", self.scores), ("flags", self.flags),
                              ("momentum_buffer", self.momentum_buffer)):
             if state[name].shape != target.shape or state[name].dtype != target.dtype:
@@ -324,7 +363,8 @@ class GemMiner:
             masks[weight.name] = score_mask.flags.cpu().clone(memory_format=torch.contiguous_format)
             scores[weight.name] = score_mask.scores.detach().cpu().clone(memory_format=torch.contiguous_format)
         hyperparameters = {"density": self.target_density, "epochs": self.epochs, "period": self.period,
-                           "l2": self.l2, "lr": self.base_lr, "momentum": self.momentum}
+                           "l2": self.l2, "lr": self.base_lr, "momentum": self.momentum,
+                           "convention": self.convention}
         return Ticket(masks, "gemminer", hyperparameters, scores=scores)
 
     def finish(self) -> Ticket:

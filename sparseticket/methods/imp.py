@@ -1,17 +1,24 @@
 """IMP with rewinding (Frankle et al., ICML 2020): global magnitude pruning, rewound to step k.
 
 Each round: train, prune the smallest ``rate`` of the surviving weights, rewind the survivors
-(and the optimizer and LR schedule) to their values at step k, train again::
+(and the optimizer and LR schedule) to their values at step k, and train again from step k, as
+open_lth does: the first round trains steps 0..T-1, every later round steps k..T-1::
 
     imp = IMP(model, rate=0.2, rewind_step=k)
     for round in range(rounds):
-        for step, batch in enumerate(batches):   # the data order is your loop's: seed your
-            if round == 0 and step == k:         # sampler by epoch so every round sees the same
-                imp.capture(optimizer, scheduler)  # order after the rewind
-            loss.backward(); imp.after_backward(); optimizer.step(); imp.after_step()
+        for step in range(0 if round == 0 else k, steps):  # after a rewind, training goes on at step k
+            if round == 0 and step == k:
+                imp.capture(optimizer, scheduler)
+            inputs, labels = batch(step)  # step s sees the same batch in every round
+            optimizer.zero_grad()
+            loss_fn(model(inputs), labels).backward()
+            imp.after_backward()
+            optimizer.step()
+            imp.after_step()
+            scheduler.step()  # a per-step schedule
         imp.prune_round()
         imp.rewind()
-    ticket = imp.ticket()
+    ticket = imp.ticket()  # the masks; the model holds the rewound, pruned weights
 
 Distributed: under ``DistributedDataParallel`` wrap the model as usual; ``IMP(ddp_model)`` works
 on ``ddp_model.module``, so names and masks are a single-process run's. Under FSDP2, create IMP
@@ -35,6 +42,7 @@ import torch
 from torch import nn
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
+from sparseticket.methods.convention import check_convention
 from sparseticket.methods.distributed import (
     all_reduce_int,
     check_sharded,
@@ -127,9 +135,18 @@ class IMP:
     ``rate``: fraction of the surviving weights pruned per round (global over all layers);
     ``rewind_step``: the step k at which ``capture`` is called (metadata; 0 = before training): an
     int (iterations) or open_lth's ``"500it"`` / ``"2ep"`` (``rewind_step_parts`` reads it);
-    ``exclude``: module names left dense (``"output"`` = the last Conv/Linear layer).
+    ``exclude``: module names left dense (``"output"`` = the last Conv/Linear layer; open_lth
+    leaves it dense for LeNet and VGG and prunes it for ResNets: pass ``exclude=()`` for those).
     ``model`` may be wrapped in ``DistributedDataParallel`` or sharded with FSDP2's
     ``fully_shard`` (see the module docstring).
+
+    ``convention``: ``"default"`` prunes exactly ``ceil(rate * survivors)`` weights a round (ties by
+    index) and ``rewind`` restores the optimizer state captured at step k. ``"original"`` is
+    open_lth's ``sparse_global`` and ``lottery/runner.py``: ``n = ceil(rate * remaining)`` where
+    ``remaining`` also counts the excluded layers' weights, the threshold is the (n+1)-th smallest
+    surviving |w| (in float32) and every weight up to it is pruned (n + 1 plus the ties); ``capture``
+    and every ``rewind`` start a fresh optimizer state at step k (the weights, buffers, learning
+    rates and the schedule's position are restored). Single process or DDP (not FSDP2).
     """
 
     def __init__(
@@ -139,9 +156,11 @@ class IMP:
         rate: float = 0.2,
         rewind_step: int | str = 0,
         exclude: Iterable[str] = ("output",),
+        convention: str = "default",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.convention = check_convention(convention)
         self.model = unwrap(model)
         self.rate = _check_rate(rate)
         self.rewind_step = _check_rewind_step(rewind_step)
@@ -156,6 +175,10 @@ class IMP:
         self._fsdp_modules = fsdp_modules(self.model) if self.sharded else []
         self.masks = [torch.ones_like(local_shard(weight), dtype=torch.bool) for weight in self.weights]
         self._total = sum(weight.numel() for weight in self.weights)  # full (unsharded) sizes
+        if self.sharded and self.convention == "original":
+            raise ValueError("IMP: convention='original' runs in one process or under DDP, not on FSDP2 shards")
+        # open_lth counts the excluded layers' weights as remaining (they stay in its mask as ones)
+        self._excluded = sum(layer.tensor.numel() for layer in prunable_weights(self.model)) - self._total
         self._global_survivors = self._total
         self._grad_plan: TruncationPlan | None = None
         self._weight_plan: TruncationPlan | None = None
@@ -189,10 +212,17 @@ class IMP:
 
     # ------------------------------------------------------------ rewinding
     def capture(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any | None = None) -> None:
-        """Store the model (all parameters and buffers) and optimizer/scheduler states to rewind to.
+        """Store the model (all parameters and buffers) and optimizer/scheduler states to rewind to
+        (``convention="original"``: the optimizer's state is cleared first, so training goes on from
+        here with a fresh one, and every rewind restores that fresh state).
 
         ``scheduler``: the LR scheduler, whose position ``rewind`` restores together with the learning
         rates it set (also when its optimizer is not passed: the rates come from its ``_last_lr``)."""
+        if self.convention == "original":
+            if optimizer is None:
+                raise ValueError("capture: convention='original' starts a fresh optimizer state at the rewind "
+                                 "step (open_lth makes a new optimizer there): pass the optimizer")
+            optimizer.state.clear()  # round 1 goes on from step k with a fresh optimizer, as every later round
         if scheduler is not None and optimizer is None and "_last_lr" not in scheduler.state_dict():
             raise ValueError(f"capture: {type(scheduler).__name__} does not record the learning rates it set "
                              "(_last_lr): pass its optimizer too, so that rewind() restores them")
@@ -218,38 +248,67 @@ class IMP:
     # ------------------------------------------------------------ pruning
     @torch.no_grad()
     def prune_round(self, *, min_density: float | None = None) -> float:
-        """Prune exactly ceil(rate * survivors) surviving weights of smallest |w| (ties by index).
+        """Prune exactly ceil(rate * survivors) surviving weights of smallest |w| (ties by index);
+        ``convention="original"``: open_lth's count and ties (see the class docstring).
 
         ``min_density``: never go below ``round(min_density * total)`` survivors, so that the last
         round of a schedule lands on the target density instead of overshooting it (a round with
-        nothing left to prune changes nothing). Returns the new density; the pruned weights are
-        zeroed at once. Collective when sharded.
+        nothing left to prune changes nothing; under ``"original"`` a round that would go below it
+        prunes exactly down to it instead). Returns the new density; the pruned weights are zeroed
+        at once. Collective when sharded.
         """
         reshard(self._fsdp_modules)
         self._check_weights_current()
         survivors = self._count_survivors() if self.sharded else self.survivors()
         if survivors == 0:
             raise ValueError("prune_round: no surviving weights left to prune")
-        count = math.ceil(self.rate * survivors)
-        if min_density is not None:
-            count = min(count, survivors - self._floor_count(min_density))
-            if count <= 0:
-                return survivors / self._total
-        if self.sharded:
-            return self._prune_sharded(survivors, count)
-        scores = [torch.where(mask, weight.detach().abs(), math.inf)
-                  for weight, mask in zip(self.weights, self.masks)]
-        threshold = kth_value(scores, count - 1)
-        _check_threshold(threshold)
-        ties_left = count - sum(int((score < threshold).sum()) for score in scores)
-        for score, mask in zip(scores, self.masks):
-            prune, ties_left = _layer_pruned(score, threshold, mask, ties_left)
+        prunes = self._original_prunes(survivors, min_density) if self.convention == "original" else None
+        if prunes is None:
+            count = math.ceil(self.rate * survivors)
+            if min_density is not None:
+                count = min(count, survivors - self._floor_count(min_density))
+                if count <= 0:
+                    return survivors / self._total
+            if self.sharded:
+                return self._prune_sharded(survivors, count)
+            prunes = self._exact_prunes(count)
+        for prune, mask in zip(prunes, self.masks):
             mask &= ~prune
         self.round += 1
         assert_same_on_all_ranks(torch.cat([mask.reshape(-1) for mask in self.masks]),
                                  f"IMP's masks (round {self.round})")
         self.apply_masks()
         return self.density
+
+    def _exact_prunes(self, count: int) -> list[torch.Tensor]:
+        """Per layer, the surviving entries among the ``count`` of smallest |w| (ties by index)."""
+        scores = [torch.where(mask, weight.detach().abs(), math.inf)
+                  for weight, mask in zip(self.weights, self.masks)]
+        threshold = kth_value(scores, count - 1)
+        _check_threshold(threshold)
+        ties_left = count - sum(int((score < threshold).sum()) for score in scores)
+        prunes = []
+        for score, mask in zip(scores, self.masks):
+            prune, ties_left = _layer_pruned(score, threshold, mask, ties_left)
+            prunes.append(prune)
+        return prunes
+
+    def _original_prunes(self, survivors: int, min_density: float | None) -> list[torch.Tensor] | None:
+        """open_lth's round: every surviving weight with |w| <= the (n+1)-th smallest, where
+        n = ceil(rate * (survivors + excluded weights)). None when that would go below ``min_density``
+        (the caller then prunes exactly down to it)."""
+        count = math.ceil(self.rate * (survivors + self._excluded))
+        if count >= survivors:
+            raise ValueError(f"prune_round: open_lth's count n = ceil({self.rate} * {survivors + self._excluded}) = "
+                             f"{count} leaves no threshold among the {survivors} surviving weights")
+        scores = [torch.where(mask, weight.detach().abs().float(), math.inf)
+                  for weight, mask in zip(self.weights, self.masks)]
+        threshold = kth_value(scores, count)  # 0-based: the (n+1)-th smallest, open_lth's sort(|w|)[n]
+        _check_threshold(threshold)
+        prunes = [mask & (score <= threshold) for score, mask in zip(scores, self.masks)]
+        if min_density is not None and survivors - sum(int(p.sum()) for p in prunes) < self._floor_count(min_density):
+            return None
+        return prunes
 
     def _floor_count(self, min_density: object) -> int:
         """Survivors that ``min_density`` keeps: round(min_density * total), as the baselines do."""
@@ -339,6 +398,7 @@ class IMP:
         saved = self._saved
         return {
             "method": "imp",
+            "convention": self.convention,
             "names": list(self.names),
             "masks": [mask.clone() for mask in self.masks],
             "round": self.round,
@@ -356,6 +416,10 @@ class IMP:
         if not isinstance(state, dict) or state.get("method") != "imp":
             found = state.get("method") if isinstance(state, dict) else type(state).__name__
             raise ValueError(f"IMP.load_state_dict: state of method {found!r}, expected 'imp'")
+        convention = state.get("convention", "default")  # states saved before conventions: the default
+        if convention != self.convention:
+            raise ValueError(f"IMP.load_state_dict: state of convention {convention!r}, this IMP follows "
+                             f"{self.convention!r}")
         shapes = [(name, tuple(mask.shape), mask.dtype) for name, mask in zip(state["names"], state["masks"])]
         expected = [(name, tuple(mask.shape), mask.dtype) for name, mask in zip(self.names, self.masks)]
         if shapes != expected:
@@ -393,7 +457,7 @@ class IMP:
         When sharded, a collective: every rank gets the full masks (gathered from the shards).
         """
         hyperparameters = {"rate": self.rate, "rewind_step": self.rewind_step, "rounds": self.round,
-                           "exclude": list(self.exclude)}
+                           "exclude": list(self.exclude), "convention": self.convention}
         full = gather_full_masks(self.names, self.masks, self.weights, "IMP") if self.sharded \
             else [mask.clone() for mask in self.masks]
         masks = dict(zip(self.names, full))

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from sparseticket.methods.bn_channels import ChannelLayer
-from sparseticket.methods.earlybird import EarlyBird, RatioTracker
+from sparseticket.methods.convention import check_convention
+from sparseticket.methods.earlybird import DEFAULT_L1, EarlyBird, RatioTracker
 from sparseticket.ops import TruncationPlan
 
 STATIC_DEFINITIONS = ("newest", "queue")
@@ -39,6 +40,11 @@ class WORM(EarlyBird):
 
     ``static="newest"``: channels pruned in the newest mask; ``"queue"``: pruned in every mask
     of the queue. ``chi=0`` truncates hard. ``worm.truncating`` says whether it has triggered.
+
+    ``l1``: L1 on gamma, as EarlyBird's (default 1e-4; the WORM authors' code has none: 0 under
+    ``convention="original"``). ``convention="original"`` (the WORM repository's ``agents.py`` and
+    ``earlyBird.py``): no L1 unless ``l1`` is given, and the untrained model's mask in the queue
+    (its distance enters the trigger's mean), as EarlyBird's ``convention="original"``.
     """
 
     METHOD = "worm"
@@ -49,13 +55,14 @@ class WORM(EarlyBird):
         model: nn.Module,
         *,
         ratio: float = 0.5,
-        l1: float = 1e-4,
+        l1: float | None = None,
         queue: int = 5,
         eps: float = 0.1,
         trigger: float = 0.15,
         chi: float = 0.003,
         static: str = "newest",
         truncate_filters: bool = False,
+        convention: str = "default",
     ) -> None:
         if not isinstance(ratio, (int, float)):
             raise ValueError("WORM tracks one ratio (its truncation follows that mask); got a list")
@@ -63,7 +70,9 @@ class WORM(EarlyBird):
             raise ValueError(f"static must be one of {STATIC_DEFINITIONS}, got {static!r}")
         if not 0 <= chi <= 1:
             raise ValueError(f"chi must be in [0, 1], got {chi!r}")
-        super().__init__(model, ratio=ratio, l1=l1, queue=queue, eps=eps)
+        if l1 is None:
+            l1 = 0.0 if check_convention(convention) == "original" else DEFAULT_L1
+        super().__init__(model, ratio=ratio, l1=l1, queue=queue, eps=eps, convention=convention)
         self.trigger = float(trigger)
         self.chi = float(chi)
         self.static = static

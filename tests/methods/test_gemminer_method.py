@@ -53,13 +53,15 @@ def test_schedule_matches_formula_and_ends_at_density():
     steps = freezing_steps(epochs, period)
     assert steps == 4
     history = _mine(model, miner, epochs, batches=1)
-    for epoch, (flags, _, _live) in enumerate(history, start=1):
-        rounds = min(epoch // period, steps)
+    # the authors' epochs: after 0-based epochs 5, 10, 15, 20 (e % 5 == 0 and e != 0), i.e. after
+    # the 6th, 11th, 16th and 21st epoch of training
+    rounds_done = [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5 + [4]
+    for (flags, _, _live), rounds in zip(history, rounds_done, strict=True):
         assert int(flags.sum()) == round(total * density ** (rounds / steps))
     assert int(miner.flags.sum()) == round(total * density)
     # each round froze a fraction close to the rate 1 - d^(1/K) of the active weights
     rate = 1 - density ** (1 / steps)
-    assert abs(history[4][2] - (1 - rate)) < 1 / total + 1e-9
+    assert abs(history[5][2] - (1 - rate)) < 1 / total + 1e-9
 
 
 def test_frozen_weights_never_come_back_and_keep_their_scores():
@@ -78,8 +80,10 @@ def test_freezes_lowest_scores_with_exact_count_on_ties():
     miner = GemMiner(model, density=0.5, epochs=6, period=5)
     with torch.no_grad():
         miner.scores.copy_(torch.tensor([0.3, 0.1, 0.3, 0.9, 0.3, 0.8, 0.3, 0.7, 0.6, 0.2]))
-    for _ in range(5):  # the freeze comes at the end of epoch 5 (period 5)
+    for _ in range(5):  # period 5: nothing is frozen after epochs 1..5
         miner.epoch_end()
+    assert miner.flags.all()
+    miner.epoch_end()  # after the 6th epoch (0-based epoch 5), as the authors' code
     # 10 -> 5 active: 0.1, 0.2 and the first three 0.3 ties (by position) are frozen
     assert miner.flags.tolist() == [False, False, False, True, False, True, True, True, True, False]
 

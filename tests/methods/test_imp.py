@@ -215,7 +215,8 @@ def test_ticket_applied_to_a_fresh_model_gives_the_same_weights():
     imp.rewind()
     ticket = imp.ticket()
     assert ticket.method == "imp"
-    assert ticket.hyperparameters == {"rate": 0.2, "rewind_step": 0, "rounds": 2, "exclude": ["output"]}
+    assert ticket.hyperparameters == {"rate": 0.2, "rewind_step": 0, "rounds": 2, "exclude": ["output"],
+                                      "convention": "default"}
     assert set(ticket.masks) == {"0.weight", "3.weight", "7.weight", "10.weight"}
     assert ticket.density() == imp.density == pytest.approx(0.64, abs=1e-3)
     ticket.apply(initial)
@@ -275,3 +276,41 @@ def test_min_density_makes_the_last_round_land_on_the_target():
 def test_min_density_must_be_a_fraction(value, error):
     with pytest.raises(error, match="min_density"):
         IMP(mlp()).prune_round(min_density=value)
+
+
+def _docstring_example(module_doc: str) -> str:
+    """The code block after the first ``::`` of a module docstring, dedented."""
+    import textwrap
+
+    block = module_doc.split("::\n", 1)[1].split("\n\n", 1)[0]
+    return textwrap.dedent(block.strip("\n"))
+
+
+def test_the_module_docstring_loop_runs_as_written_and_trains_steps_k_to_T_after_each_rewind():
+    """imp.py's example, executed: round 1 trains steps 0..T-1, later rounds k..T-1 (as open_lth and
+    the CLI), and after the last rewind the model holds the step-k weights under the final masks."""
+    import sparseticket.methods.imp as imp_module
+
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    generator = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 6, generator=generator), torch.randn(8, 4, generator=generator)) for _ in range(6)]
+    seen, at_capture = [], {}
+
+    def batch(step):
+        seen.append(step)
+        if step == 2 and not at_capture:  # the weights the round-1 capture stores (before step 2 trains)
+            at_capture.update(copy.deepcopy(model.state_dict()))
+        return data[step]
+
+    namespace = {"IMP": IMP, "model": model, "optimizer": optimizer, "scheduler": scheduler, "batch": batch,
+                 "loss_fn": nn.functional.mse_loss, "rounds": 3, "steps": 6, "k": 2}
+    exec(_docstring_example(imp_module.__doc__), namespace)  # noqa: S102 - the documented example, as written
+    assert seen == list(range(6)) + list(range(2, 6)) * 2
+    ticket, imp = namespace["ticket"], namespace["imp"]
+    assert imp.round == 3 and math.isclose(ticket.density(), imp.density)
+    for name, mask in ticket.masks.items():
+        weight = model.state_dict()[name]
+        assert torch.equal(weight[mask], at_capture[name][mask]) and (weight[~mask] == 0).all()
+    assert scheduler.last_epoch == 2 and optimizer.param_groups[0]["lr"] == 0.025

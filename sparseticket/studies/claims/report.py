@@ -8,7 +8,7 @@ from typing import Any
 
 from sparseticket.reporting.stats import summary
 from sparseticket.studies.claims.runner import Unit
-from sparseticket.studies.claims.settings import QUEUE, STABLE_BARRIER, Settings
+from sparseticket.studies.claims.settings import STABLE_BARRIER, Settings, first_full_queue
 from sparseticket.studies.claims.units import digits_split, steps_per_epoch
 from sparseticket.studies.claims.verdicts import (
     ClaimRow,
@@ -50,7 +50,11 @@ def render(rows: Sequence[ClaimRow], paragraphs: Sequence[tuple[str, str]], sett
         f"(x0.1 at 50% and 75% of the training length), warm-up {settings.warmup_epochs} epochs. EarlyBird/WORM "
         f"train at most {settings.epochs} epochs; IMP rounds, Gem-Miner's mining and every fine-tuning last "
         f"{settings.round_epochs} epochs. Seeds: {seeds} for claims 1-2, {seeds_other} for claims 3-4 (seed s "
-        f"fixes the initialization and the data order for every method).",
+        f"fixes the initialization and the data order for every method). The claims are about the papers' "
+        f"methods, so every method runs with `convention=\"{settings.convention}\"`"
+        + (" (the authors' code's semantics: open_lth's IMP count, ties and fresh optimizer at the rewind; "
+           "Gem-Miner's per-round count; the untrained model's mask in the EarlyBird/WORM queues; no L1 for "
+           "WORM; docs/fidelity.md)" if settings.convention == "original" else "") + ".",
         "",
         *table,
         "",
@@ -71,8 +75,9 @@ def render(rows: Sequence[ClaimRow], paragraphs: Sequence[tuple[str, str]], sett
              f"claim runs over seeds in under 30 minutes on 2 CPU cores.",
              f"- IMP prunes {settings.imp_rate:g} of the survivors per round (the papers: 0.2) and its rounds are "
              f"{settings.round_epochs} epochs (shorter than EarlyBird's {settings.epochs}) to fit the budget; the "
-             f"rewind step k is in iterations of that round. As in open_lth, IMP keeps the output layer dense, so "
-             f"its density counts the other layers (the output layer is 0.2% of ResNet-20's weights); Gem-Miner "
+             f"rewind step k is in iterations of that round. IMP keeps the output layer dense (open_lth does so "
+             f"for LeNet and VGG, not for ResNet-20), so its density counts the other layers (the output layer "
+             f"is 0.2% of ResNet-20's weights); Gem-Miner "
              f"and the random ticket prune every layer.",
              f"- Gem-Miner's score lr is {settings.score_lr:g}, not its repository's 0.1: the same lr x steps "
              f"budget as 0.1 over 150 CIFAR-10 epochs, the CLI's default (docs/DEFAULTS.md: with 0.1 the mined "
@@ -100,7 +105,8 @@ def write_plots(records: dict[str, dict[str, Any]], found_seeds: Sequence[int], 
     for index, values in enumerate((eb, worm)):
         value = summary(values)
         axis.errorbar([index + 0.1], [value.mean], yerr=[value.std or 0.0], fmt="o", color="tab:red", capsize=6)
-    axis.axhline(QUEUE, color="gray", linestyle=":", label=f"first full queue (epoch {QUEUE})")
+    first = first_full_queue(settings)
+    axis.axhline(first, color="gray", linestyle=":", label=f"first full queue (epoch {first})")
     axis.set_xticks([0, 1], [f"EarlyBird (n = {len(eb)})", f"WORM (n = {len(worm)})"])
     axis.set_ylabel("found epoch (lines: seeds; red: mean ± std)")
     axis.set_title("Claim 1: epoch the ticket was drawn")

@@ -9,7 +9,7 @@ STABLE_BARRIER = 0.02  # Frankle et al.: stable when the error barrier is below 
 NON_INFERIORITY = 0.01  # claim 3: Gem-Miner "at IMP's accuracy" = within 1 point
 FAR_LESS = 0.2  # claim 3: "far less search compute" = at most 1/5 of IMP's search epochs
 SECOND_ORDER = 1_000_003  # data seed offset of the second copy of an instability pair
-QUEUE = 5  # EarlyBird's queue (the paper's default): the first full queue is at epoch 5
+QUEUE = 5  # EarlyBird's queue (the paper's default)
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,13 @@ class Settings:
     barrier_points: int = 30
     split_seed: int = 0
     train_limit: int | None = None  # only the first N training images (the --small plumbing size)
+    convention: str = "original"  # the claims are about the papers' methods: the authors' code's semantics
+
+
+def first_full_queue(settings: Settings) -> int:
+    """The first epoch (count of epoch ends) at which EarlyBird's queue is full: QUEUE, or QUEUE - 1
+    when the untrained model's mask opens the queue (``convention="original"``)."""
+    return QUEUE - 1 if settings.convention == "original" else QUEUE
 
 
 SMALL = {"seeds": 2, "seeds_other": 2, "epochs": 6, "round_epochs": 6, "width": 4,

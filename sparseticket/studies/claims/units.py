@@ -98,7 +98,7 @@ def run_found(settings: Settings, seed: int) -> dict[str, Any]:
     """Claims 1-2: EarlyBird and WORM from the same init and data order until each draws its ticket."""
     result: dict[str, Any] = {}
     for name in ("earlybird", "worm"):
-        found = _search(name, settings, seed, settings.epochs, 0, queue=QUEUE)
+        found = _search(name, settings, seed, settings.epochs, 0, queue=QUEUE, convention=settings.convention)
         history = found.extra["history"]
         result[name] = {
             "found_epoch": found.extra["found_epoch"],
@@ -124,7 +124,7 @@ def run_gemminer(settings: Settings, seed: int) -> dict[str, Any]:
     """Claim 3: Gem-Miner mines a mask at ``density`` for ``round_epochs``, then fine-tunes as long
     from the initialization with the task's recipe."""
     found = _search("gemminer", settings, seed, settings.round_epochs, settings.round_epochs,
-                    density=settings.density, lr=settings.score_lr, seed=seed)
+                    density=settings.density, lr=settings.score_lr, seed=seed, convention=settings.convention)
     return _weight_ticket(found, settings, settings.round_epochs)
 
 
@@ -183,7 +183,8 @@ def run_imp(settings: Settings, seed: int, rewind: str) -> dict[str, Any]:
 
     found = _search("imp", settings, seed, settings.round_epochs, settings.round_epochs,
                     job_options={"round_end": lambda job, _round, accuracy: entry(job, job.model, accuracy)},
-                    rate=settings.imp_rate, rewind_step=rewind, density=settings.density)
+                    rate=settings.imp_rate, rewind_step=rewind, density=settings.density,
+                    convention=settings.convention)
     from sparseticket.driver.training import evaluate
 
     entry(found.job, found.model, evaluate(found.model, split))

@@ -9,7 +9,14 @@ from typing import Any
 
 from sparseticket.reporting.stats import PairedTest, Summary, format_summary, paired_test, summary
 from sparseticket.studies.claims.runner import Unit
-from sparseticket.studies.claims.settings import FAR_LESS, NON_INFERIORITY, QUEUE, STABLE_BARRIER, Settings
+from sparseticket.studies.claims.settings import (
+    FAR_LESS,
+    NON_INFERIORITY,
+    QUEUE,
+    STABLE_BARRIER,
+    Settings,
+    first_full_queue,
+)
 from sparseticket.studies.claims.units import prunes_to
 
 
@@ -74,23 +81,29 @@ def claim_found_epoch(found: list[dict[str, Any]], settings: Settings, required:
     verdict, reason = directional_verdict(test, -1, required)
     undrawn = {m: sum(r["result"][m]["found_epoch"] is None for r in found) for m in ("earlybird", "worm")}
     triggers = [r["result"]["worm"]["trigger_epoch"] for r in found]
-    at_queue = sum(t == QUEUE for t in triggers)
+    first = first_full_queue(settings)
+    at_queue = sum(t == first for t in triggers)
     measured = (f"found epoch EarlyBird {_fmt(summary(eb), 1)}, WORM {_fmt(summary(worm), 1)}; "
                 f"WORM − EarlyBird {_difference(test, 2)}")
-    first_means = [r["result"]["worm"]["mean_distance"][QUEUE - 1] for r in found
-                   if len(r["result"]["worm"]["mean_distance"]) >= QUEUE]
+    first_means = [r["result"]["worm"]["mean_distance"][first - 1] for r in found
+                   if len(r["result"]["worm"]["mean_distance"]) >= first]
     text = (f"Each seed trains EarlyBird and WORM (ratio 0.5, queue {QUEUE}, eps 0.1; WORM trigger 0.15, "
             f"chi 0.003) from the same initialization and the same data order until the ticket is drawn "
             f"(at most {settings.epochs} epochs; a run that draws nothing counts as epoch {settings.epochs}: "
             f"EarlyBird {undrawn['earlybird']}, WORM {undrawn['worm']} such seeds). The found epoch is the "
-            f"1-based epoch at whose end the mask queue was within eps; the earliest possible is {QUEUE}. "
+            f"1-based epoch at whose end the mask queue was within eps; the earliest possible is {first}"
+            + (" (the untrained model's mask opens the queue, as in the authors' code)" if first < QUEUE else "")
+            + ". "
             f"Paired t-test of WORM's against EarlyBird's found epoch over {_seeds(test.n)}.\n\n"
             f"What the trigger did: WORM's trigger (mean queue distance < 0.15) fired at the first full-queue "
-            f"epoch ({QUEUE}) in {at_queue} of {len(triggers)} seeds; trigger epochs per seed: "
+            f"epoch ({first}) in {at_queue} of {len(triggers)} seeds; trigger epochs per seed: "
             f"{', '.join('never' if t is None else str(t) for t in triggers)}. "
-            f"Mean queue distance at epoch {QUEUE}: {_fmt(summary(first_means))}. Before the trigger WORM is "
-            f"EarlyBird (same steps, same masks); after it, static pruned channels' gamma/beta gradients are "
-            f"scaled by chi. Per seed (EarlyBird, WORM): "
+            f"Mean queue distance at epoch {first}: {_fmt(summary(first_means))}. "
+            + ("WORM trains without EarlyBird's L1 on gamma (the WORM authors' code has none), so the two "
+               "differ from the first step" if settings.convention == "original" else
+               "Before the trigger WORM is EarlyBird (same steps, same masks)")
+            + "; after the trigger, static pruned channels' gamma/beta gradients are scaled by chi. "
+            "Per seed (EarlyBird, WORM): "
             + ", ".join(f"({a}, {b})" for a, b in zip(eb, worm)) + ".")
     return ClaimRow("1", "WORM draws the EarlyBird ticket in fewer epochs than EarlyBird", "Vasudev 2024 (WORM)",
                     measured, test.p_value, verdict, reason), text
