@@ -178,6 +178,7 @@ def _search(arguments: argparse.Namespace, processes: distributed.Processes) -> 
         config = _config(arguments)
         _check(config)
         run_dir = arguments.out / config.run_name()
+    arguments.resume_hint = f"the run folder resumes with --resume {run_dir}"
     result = Search(config, run_dir, progress=not arguments.no_progress, processes=processes).run()
     if processes.is_main:
         print(summarize_search(result))
@@ -217,6 +218,7 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
     results = []
     for index, config in enumerate(configs, 1):
         run_dir = arguments.out / config.run_name()
+        arguments.resume_hint = f"the same compare command resumes it (run folder {run_dir})"
         finished = _finished_run(run_dir, config)
         what = config.method + (f" at density {config.density:g}" if not is_channel_method(config.method) else "")
         say(f"== run {index}/{len(configs)}: seed {seeds.index(config.seed) + 1}/{len(seeds)} ({config.seed}), "
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             {"search": _search, "compare": _compare}[arguments.command](arguments, processes)
         finished = True
     except KeyboardInterrupt:
-        print(f"\nsparseticket: interrupted{rank}; the run folder resumes with --resume RUN_DIR", file=sys.stderr)
+        hint = getattr(arguments, "resume_hint", "nothing was written yet")
+        print(f"\nsparseticket: interrupted{rank}; {hint}", file=sys.stderr)
         code = 130
     except Exception as error:  # noqa: BLE001 - user errors become one line
         from sparseticket.builtin.datasets import DatasetUnavailable

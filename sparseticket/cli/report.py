@@ -22,7 +22,10 @@ def _search_rows(result) -> list[tuple[str, str]]:
         kept = sum(int(mask.sum()) for mask in ticket.channel_masks.values())
         total = sum(mask.numel() for mask in ticket.channel_masks.values())
         rows.append(("channels kept", f"{kept}/{total}"))
-        rows.append(("ticket epoch", str(result.extra.get("found_epoch"))))
+        found = result.extra.get("found_epoch")
+        rows.append(("ticket epoch", str(found) if found is not None else
+                     f"none: the masks never settled within eps; the ticket is the mask of the last epoch "
+                     f"({result.search_epochs})"))
         if result.extra.get("trigger_epoch") is not None:
             rows.append(("WORM trigger epoch", str(result.extra["trigger_epoch"])))
     report = result.extra.get("prune_report")
@@ -71,11 +74,7 @@ def _group(result) -> Group:
 
 def _real_density(result) -> float:
     """Fraction of weights (or, channel tickets, of channels) the ticket keeps."""
-    ticket = result.ticket
-    if ticket.masks:
-        return ticket.density()
-    kept = sum(int(mask.sum()) for mask in ticket.channel_masks.values())
-    return kept / max(sum(mask.numel() for mask in ticket.channel_masks.values()), 1)
+    return result.ticket.density()
 
 
 def _pruning_accuracies(result) -> dict[str, float]:

@@ -184,8 +184,13 @@ class Search:
             parts.append(f"round {row['round']} steps {row['first_step']}-{row['last_step']}")
         parts += [f"loss {row['loss']:.4f}", f"acc {row['test_accuracy']:.3f}"]
         for key in ("density", "mask_density", "max_distance", "mean_distance"):
-            if key in row:
-                parts.append(f"{key.replace('_', ' ')} {row[key]:.3f}")
+            if key not in row:
+                continue
+            if row[key] != row[key]:  # NaN: the first mask has no older one to compare with
+                if key == "max_distance":
+                    parts.append("no mask distance yet (first mask)")
+                continue
+            parts.append(f"{key.replace('_', ' ')} {row[key]:.3f}")
         if "round_test_accuracy" in row:
             parts.append(f"acc before pruning {row['round_test_accuracy']:.3f}")
         if "truncating" in row:

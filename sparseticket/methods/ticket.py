@@ -42,14 +42,21 @@ class Ticket:
                 if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
                     raise ValueError(f"{section}[{name!r}] must be a bool tensor")
 
+    def _counted(self) -> dict[str, torch.Tensor]:
+        """The masks densities count: the weight masks, or a channel ticket's channel masks."""
+        return self.masks or self.channel_masks
+
     def density_per_layer(self) -> dict[str, float]:
-        """Fraction of kept weights of each masked parameter."""
-        return {name: mask.float().mean().item() for name, mask in self.masks.items()}
+        """Fraction kept of each masked parameter (a channel ticket: of each layer's channels)."""
+        return {name: mask.float().mean().item() for name, mask in self._counted().items()}
 
     def density(self) -> float:
-        """Fraction of kept weights over all masked parameters."""
-        total = sum(mask.numel() for mask in self.masks.values())
-        return sum(int(mask.sum()) for mask in self.masks.values()) / max(total, 1)
+        """Fraction of kept weights over all masked parameters; for a channel ticket (EarlyBird,
+        WORM), the fraction of channels kept. What a channel ticket keeps of the weights, once the
+        channels are removed, is in the method's ``prune_report``."""
+        masks = self._counted()
+        total = sum(mask.numel() for mask in masks.values())
+        return sum(int(mask.sum()) for mask in masks.values()) / max(total, 1)
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:

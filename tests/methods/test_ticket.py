@@ -112,3 +112,33 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
         os.umask(previous)
     for name in ("t.safetensors", "config.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_a_channel_ticket_reports_the_fraction_of_channels_kept():
+    """EarlyBird/WORM tickets hold channel masks only: density() and density_per_layer() count channels
+    (issue 26: they returned 0.0 and {})."""
+    channels = {"features.1": torch.tensor([True, False, False, True]),
+                "features.4": torch.tensor([True, True, True, False, False, False])}
+    ticket = Ticket({}, "earlybird", channel_masks=channels)
+    assert ticket.density() == 5 / 10
+    assert ticket.density_per_layer() == {"features.1": 0.5, "features.4": 0.5}
+    weights = Ticket({"0.weight": torch.tensor([[True, False, False, False]])}, "imp",
+                     channel_masks={"1": torch.tensor([True, True])})
+    assert weights.density() == 0.25 and weights.density_per_layer() == {"0.weight": 0.25}  # weights win
+
+
+def test_an_earlybird_ticket_density_is_its_kept_channels():
+    from sparseticket.methods import EarlyBird
+
+    torch.manual_seed(0)
+    model = vgg_small(width=8)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.1, 1.0)
+    method = EarlyBird(model, ratio=0.5)
+    method.epoch_end()
+    ticket = method.ticket()
+    kept = sum(int(mask.sum()) for mask in ticket.channel_masks.values())
+    total = sum(mask.numel() for mask in ticket.channel_masks.values())
+    assert 0 < ticket.density() == kept / total < 1 and set(ticket.density_per_layer()) == set(ticket.channel_masks)
