@@ -181,27 +181,15 @@ def _search(arguments: argparse.Namespace, processes: distributed.Processes) -> 
     arguments.resume_hint = f"the run folder resumes with --resume {run_dir}"
     result = Search(config, run_dir, progress=not arguments.no_progress, processes=processes).run()
     if processes.is_main:
-        print(summarize_search(result))
-
-
-WALL_TIME_FILE = "wall_time.json"  # a compare run's wall seconds, kept for when a rerun skips it
-
-
-def _finished_run(run_dir: Path, config: RunConfig) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``config`` (``metrics.csv`` is written last)."""
-    config_path = run_dir / "config.json"
-    return (config_path.exists() and (run_dir / "metrics.csv").exists()
-            and RunConfig.from_json(config_path.read_text()) == config)
+        if result.finished_before:
+            print(f"{run_dir}: already finished; nothing retrained, nothing rewritten")
+        print(summarize_search(result, write=not result.finished_before))
 
 
 def _compare(arguments: argparse.Namespace, processes: distributed.Processes) -> None:
     """Every method (and density) on every seed, each run in its own folder; finished runs are read
     back without training, interrupted ones resume; then compare.md and the plots."""
-    import json
-    import math
-
-    from sparseticket.cli.files import write_text
-    from sparseticket.cli.search import Search
+    from sparseticket.cli.search import Search, finished_run
 
     seeds = [arguments.seed] if arguments.seeds is None else list(arguments.seeds)
     if len(set(seeds)) != len(seeds) or any(seed < 0 for seed in seeds):
@@ -219,18 +207,12 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
     for index, config in enumerate(configs, 1):
         run_dir = arguments.out / config.run_name()
         arguments.resume_hint = f"the same compare command resumes it (run folder {run_dir})"
-        finished = _finished_run(run_dir, config)
+        finished = finished_run(run_dir, config)
         what = config.method + (f" at density {config.density:g}" if not is_channel_method(config.method) else "")
         say(f"== run {index}/{len(configs)}: seed {seeds.index(config.seed) + 1}/{len(seeds)} ({config.seed}), "
             f"{what}" + (f": already finished, not retrained ({run_dir.name})" if finished else ""), flush=True)
         result = Search(config, run_dir, progress=not arguments.no_progress and not finished, processes=processes,
                         log=(lambda _message: None) if finished else print).run()
-        wall_time = run_dir / WALL_TIME_FILE
-        if not finished:
-            if processes.is_main:
-                write_text(wall_time, json.dumps({"seconds": result.seconds}))
-        else:  # only read back: its time is the one recorded when it trained (after a resume: the resumed part)
-            result.seconds = json.loads(wall_time.read_text())["seconds"] if wall_time.exists() else math.nan
         if processes.is_main and not (finished and (run_dir / "summary.md").exists()):
             summarize_search(result)  # the run folder's own summary.md and plots
         results.append(result)

@@ -40,11 +40,15 @@ def _markdown(rows: list[tuple[str, str]]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in rows) + "\n"
 
 
-def summarize_search(result) -> str:
-    """Write ``summary.md`` and the run's plots; return the table for the terminal."""
+def summarize_search(result, *, write: bool = True) -> str:
+    """Write ``summary.md`` and the run's plots (unless ``write`` is False); return the table for the terminal."""
     from sparseticket.reporting import plots
 
     rows = _search_rows(result)
+    width = max(len(key) for key, _ in rows)
+    table = "\n".join(f"{key:<{width}}  {value}" for key, value in rows) + f"\nrun folder: {result.run_dir}"
+    if not write:
+        return table
     write_text(result.run_dir / "summary.md", f"# {result.run_dir.name}\n\n{_markdown(rows)}")
     if result.ticket.masks:
         plots.plot_layer_densities(result.ticket.density_per_layer(), result.run_dir / "layer_density.png",
@@ -58,8 +62,7 @@ def summarize_search(result) -> str:
         plots.plot_mask_distances({name: result.extra["history"]}, {name: result.extra["found_epoch"]},
                                   result.run_dir / "mask_distance.png",
                                   trigger_epochs={name: result.extra.get("trigger_epoch")})
-    width = max(len(key) for key, _ in rows)
-    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows) + f"\nrun folder: {result.run_dir}"
+    return table
 
 
 # ------------------------------------------------------------------ comparisons over seeds

@@ -17,6 +17,7 @@ resumes from the same checkpoint.
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from sparseticket.cli.files import (
     write_text,
 )
 from sparseticket.driver.data import TrainingData
-from sparseticket.driver.jobs import method_options
+from sparseticket.driver.jobs import check_job, method_options
 from sparseticket.driver.processes import Processes
 from sparseticket.driver.recipe import Schedule
 from sparseticket.driver.search import TicketSearch
@@ -48,6 +49,20 @@ Log = Callable[[str], None]
 
 # flags named otherwise than the method's own argument: method -> {argument: RunConfig field}
 _RENAMED = {"gemminer": {"lr": "score_lr"}}
+WALL_TIME_FILE = "wall_time.json"  # the run's wall seconds summed over every process that worked on it
+
+
+def finished_run(run_dir: Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``config`` (``metrics.csv`` is written last)."""
+    config_path = run_dir / "config.json"
+    return (config_path.exists() and (run_dir / "metrics.csv").exists()
+            and RunConfig.from_json(config_path.read_text()) == config)
+
+
+def recorded_seconds(run_dir: Path) -> float:
+    """The wall seconds the processes before this one spent on the run (0 for a new run)."""
+    path = run_dir / WALL_TIME_FILE
+    return float(json.loads(path.read_text())["seconds"]) if path.exists() else 0.0
 
 
 def schedule_of(config: RunConfig) -> Schedule:
@@ -85,14 +100,15 @@ class SearchResult:
     seconds: float
     rows: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    finished_before: bool = False  # the run folder was already finished: nothing was trained or written
 
 
 class RunFolder:
     """The ``RunStore`` of a run folder: ``checkpoint.pt``, ``ticket.safetensors`` and ``searched.pt``,
     each written atomically by rank 0."""
 
-    def __init__(self, run_dir: Path, device: torch.device) -> None:
-        self.run_dir, self.device = run_dir, device
+    def __init__(self, run_dir: Path, device: torch.device, *, read_only: bool = False) -> None:
+        self.run_dir, self.device, self.read_only = run_dir, device, read_only
         self.checkpoint_path = run_dir / "checkpoint.pt"
 
     def load_checkpoint(self) -> dict | None:
@@ -100,13 +116,15 @@ class RunFolder:
         return load_checkpoint(self.checkpoint_path, self.device) if self.checkpoint_path.exists() else None
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write ``checkpoint.pt``."""
-        save_checkpoint(self.checkpoint_path, state)
+        """Write ``checkpoint.pt`` (not for a finished run read back)."""
+        if not self.read_only:
+            save_checkpoint(self.checkpoint_path, state)
 
     def save_searched(self, ticket: Ticket, searched: dict) -> None:
-        """Write ``ticket.safetensors`` and ``searched.pt``."""
-        save_ticket(self.run_dir / "ticket.safetensors", ticket)
-        save_checkpoint(self.run_dir / "searched.pt", searched)
+        """Write ``ticket.safetensors`` and ``searched.pt`` (not for a finished run read back)."""
+        if not self.read_only:
+            save_ticket(self.run_dir / "ticket.safetensors", ticket)
+            save_checkpoint(self.run_dir / "searched.pt", searched)
 
     def load_searched(self) -> tuple[Ticket, dict]:
         """Read them back."""
@@ -124,10 +142,11 @@ class Search:
         self.log = log if self.processes.is_main else (lambda _message: None)
         self.progress = progress and self.processes.is_main
         self.device = self.processes.device
+        self.read_only = False  # set by run() when the run folder is already finished
 
     def _write(self, write: Callable[[], None]) -> None:
-        """Run a file write on rank 0 only."""
-        if self.processes.is_main:
+        """Run a file write on rank 0 only, and never for a finished run read back."""
+        if self.processes.is_main and not self.read_only:
             write()
 
     def _remove_leftovers(self) -> None:
@@ -148,33 +167,45 @@ class Search:
         if config.batch_size % self.processes.world_size:
             raise ValueError(f"--batch-size {config.batch_size} (the global batch) must be a multiple of the "
                              f"number of processes ({self.processes.world_size})")
-        schedule, options = schedule_of(config), options_of(config)  # bad values fail before any file is written
-        self._write(lambda: run_dir.mkdir(parents=True, exist_ok=True))
-        self._write(self._remove_leftovers)
-        self._write(lambda: write_text(run_dir / "config.json", config.to_json()))
-        start = time.perf_counter()
+        # Everything that can refuse the configuration runs before the first file is written:
+        # the recipe and options, the data, the model and the method built on a copy of it.
+        schedule, options = schedule_of(config), options_of(config)
+        finished = self.read_only = finished_run(run_dir, config)  # then nothing is written: nothing changes
+        start, before = time.perf_counter(), recorded_seconds(run_dir)
+        self._record_seconds = lambda: self._write(lambda: write_text(
+            run_dir / WALL_TIME_FILE, json.dumps({"seconds": before + time.perf_counter() - start})))
         split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed,
                              augment=config.augment).to(self.device)
         torch.manual_seed(config.seed)
         model = self._model(split)
-        if (run_dir / "init.pt").exists():
+        resumed = (run_dir / "init.pt").exists()
+        if resumed:
             model.load_state_dict(load_checkpoint(run_dir / "init.pt", self.device))
-        else:  # every rank built the same seeded model; rank 0 keeps it for --resume
-            self._write(lambda: save_checkpoint(run_dir / "init.pt", model.state_dict()))
         data = TrainingData.from_split(split, config.batch_size, config.seed, self.processes)
+        check_job(config.method, model, options, schedule, data)
+        self._write(lambda: run_dir.mkdir(parents=True, exist_ok=True))
+        self._write(self._remove_leftovers)
+        self._write(lambda: write_text(run_dir / "config.json", config.to_json()))
+        if not resumed:  # every rank built the same seeded model; rank 0 keeps it for --resume
+            self._write(lambda: save_checkpoint(run_dir / "init.pt", model.state_dict()))
         search = TicketSearch(config.method, model, data, schedule, options=options,
-                              store=RunFolder(run_dir, self.device), on_row=lambda row: self._log_row(row, search),
+                              store=RunFolder(run_dir, self.device, read_only=finished),
+                              on_row=lambda row: self._log_row(row, search),
                               log=lambda message: self.log(f"{message} ({run_dir.name})"), progress=self.progress,
                               processes=self.processes)
         self._phase_start: dict[str, tuple[float, int]] = {}
         result = search.run()
         rows = result.rows
+        self._record_seconds()
         self._write(lambda: write_rows(run_dir / "metrics.csv", rows))
+        seconds = before if finished else before + time.perf_counter() - start
         return SearchResult(config, run_dir, result.ticket, result.accuracy, result.search_epochs,
-                            result.finetune_epochs, time.perf_counter() - start, rows, result.extra)
+                            result.finetune_epochs, seconds, rows, result.extra, finished_before=finished)
 
     def _log_row(self, row: dict, search: TicketSearch) -> None:
-        """One line per epoch: phase, epoch, loss, accuracy, the method's metrics, the phase's ETA."""
+        """One line per epoch: phase, epoch, loss, accuracy, the method's metrics, the phase's ETA (and the
+        run's wall time so far, kept in wall_time.json so that a kill loses at most an epoch of it)."""
+        self._record_seconds()
         phase = row["phase"]
         epochs = search.epochs[phase]
         start, first = self._phase_start.setdefault(phase, (search.phase_started, row["epoch"]))

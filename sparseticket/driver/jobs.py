@@ -371,3 +371,11 @@ def make_job(name: str, model: nn.Module, options: dict[str, Any], schedule: Sch
     if getattr(cls, "kind", "weight") == "channel":
         return ChannelJob(name, model, options, schedule, data)
     return MethodJob(name, model, options, schedule, data)
+
+
+def check_job(name: str, model: nn.Module, options: dict[str, Any], schedule: Schedule, data: TrainingData) -> None:
+    """Raise what ``make_job`` would raise for these settings, leaving ``model`` and the global RNG
+    untouched (the job is built on a copy and dropped): for callers that must refuse a bad
+    configuration before they write anything."""
+    with torch.random.fork_rng(devices=[]):
+        make_job(name, copy.deepcopy(model), options, schedule, data)

@@ -72,14 +72,18 @@ def test_info(capsys):
     (["search", "--density", "1.5"], "--density must be in (0, 1]"),
     (["search", "--resume", "/nonexistent/run"], "no config.json there"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["search", "--method", "gemminer", "--epochs", "5"], "leaves no freezing round"),  # period 5: no round
+    (["search", "--method", "imp", "--rewind-step", "99ep"], "rewind"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, arguments, words):
-    result = subprocess.run([sys.executable, "-m", "sparseticket", *arguments, "--out", str(tmp_path)]
+    out = tmp_path / "runs"
+    result = subprocess.run([sys.executable, "-m", "sparseticket", *arguments, "--out", str(out)]
                             if arguments[0] == "search" else [sys.executable, "-m", "sparseticket", *arguments],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists(), "a refused configuration must write nothing"  # issue 26: no run folder left behind
 
 
 def test_device_flag(tmp_path):

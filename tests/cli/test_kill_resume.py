@@ -9,6 +9,7 @@ after-write: just after the rename); one test also kills from outside at seeded 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import signal
@@ -265,3 +266,27 @@ def test_bad_kill_hook_value_names_the_variable(tmp_path, monkeypatch, value):
     monkeypatch.setenv(KILL_AT_VARIABLE, value)
     with pytest.raises(ValueError, match=KILL_AT_VARIABLE):
         write_text(tmp_path / "a.txt", "x")
+
+
+def _files(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in sorted(run.iterdir())}
+
+
+def test_wall_time_sums_every_process_and_a_finished_resume_changes_nothing(tmp_path):
+    """Issue 26: summary.md showed the last process's time only, and resuming a finished run rewrote it."""
+    command = [*GEMMINER, "--out", str(tmp_path)]
+    killed(command, "after-write:checkpoint.pt:3")
+    run = run_folder(tmp_path)
+    first = json.loads((run / "wall_time.json").read_text())["seconds"]
+    assert first > 0  # the killed process's time is on disk
+    write_text(run / "wall_time.json", json.dumps({"seconds": first + 1000.0}))  # as if it had run 1000 s more
+    finished(["search", "--resume", str(run)])
+    total = json.loads((run / "wall_time.json").read_text())["seconds"]
+    assert total > first + 1000.0
+    assert f"| wall time | {total:.1f} s |" in (run / "summary.md").read_text()
+
+    before = _files(run)
+    result = sparseticket(["search", "--resume", str(run)])
+    assert result.returncode == 0 and "already finished; nothing retrained, nothing rewritten" in result.stdout
+    assert f"{total:.1f} s" in result.stdout
+    assert _files(run) == before  # not a byte, not a timestamp
