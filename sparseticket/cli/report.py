@@ -244,8 +244,7 @@ def _compare_plots(groups: dict[Group, list], out: Path) -> None:
     for (method, density), runs in groups.items():
         if density is not None and runs[0].ticket.masks:
             accuracy = summary([run.accuracy for run in runs])
-            by_method.setdefault(method, []).append(
-                (sum(_real_density(run) for run in runs) / len(runs), accuracy.mean, accuracy.std))
+            by_method.setdefault(method, []).append((density, accuracy.mean, accuracy.std))  # the target
         epochs = [float(run.extra["found_epoch"]) for run in runs if isinstance(run.extra.get("found_epoch"), int)]
         if epochs:
             found[method] = epochs
@@ -255,7 +254,8 @@ def _compare_plots(groups: dict[Group, list], out: Path) -> None:
     if by_method:
         several = any(len(runs) > 1 for runs in groups.values())
         title = "Test accuracy vs density" + (" (mean ± std over seeds)" if several else "")
-        plots.plot_accuracy_vs_density(by_method, out / "accuracy_vs_density.png", title=title)
+        plots.plot_accuracy_vs_density(by_method, out / "accuracy_vs_density.png", title=title,
+                                       xlabel="target density (% of weights kept, log scale)")
     if found:
         queue = next(runs[0].config.queue for (method, _), runs in groups.items() if method in found)
         plots.plot_found_epochs(found, out / "found_epoch.png", full_queue=queue)

@@ -7,6 +7,7 @@ Needs matplotlib (imported lazily, Agg canvas; no pyplot state). Each function w
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,8 +54,12 @@ def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop
     return save_figure(figure, path)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one symbol per method: lines that overlap stay apart
+
+
 def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, ...]]], path: str | Path, *,
-                             title: str = "Test accuracy vs density") -> Path:
+                             title: str = "Test accuracy vs density",
+                             xlabel: str = "density (% of weights kept, log scale)") -> Path:
     """One line per method: test accuracy (fraction in [0, 1]) against density (fraction in (0, 1], log x-axis).
 
     A point is ``(density, accuracy)`` or ``(density, accuracy, std)``: the third value (std over seeds,
@@ -73,22 +78,26 @@ def plot_accuracy_vs_density(results: Mapping[str, Sequence[tuple[float, ...]]],
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     axis = figure.subplots()
-    for method, points in results.items():
+    for (method, points), marker in zip(results.items(), itertools.cycle(MARKERS)):
         ordered = sorted(points, key=lambda point: point[0], reverse=True)
         densities = [100 * point[0] for point in ordered]
         accuracies = [100 * point[1] for point in ordered]
         errors = [100 * (point[2] or 0.0) if len(point) == 3 else 0.0 for point in ordered]
         if any(errors):
-            axis.errorbar(densities, accuracies, yerr=errors, fmt="o-", capsize=4, label=f"{method} (mean ± std)")
+            axis.errorbar(densities, accuracies, yerr=errors, fmt=f"{marker}-", capsize=4,
+                          label=f"{method} (mean ± std)")
         else:
-            axis.plot(densities, accuracies, "o-", label=method)
+            axis.plot(densities, accuracies, f"{marker}-", label=method)
     axis.set_xscale("log")
-    lowest = min(100 * point[0] for points in results.values() for point in points)
-    axis.xaxis.set_major_locator(FixedLocator(_one_two_five(lowest)))
+    values = [100 * point[0] for points in results.values() for point in points]
+    lowest, highest = min(values), max(values)
+    # at least a factor 2 either side of the data, so that nearby densities (5.00024% and 5.00025%)
+    # share a point instead of spreading over the width, and labelled ticks fall inside the view
+    axis.set_xlim(min(100.0, highest * 2), lowest / 2)  # dense on the left, sparse on the right
+    axis.xaxis.set_major_locator(FixedLocator(_one_two_five(lowest / 2)))
     axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}%"))
     axis.xaxis.set_minor_formatter(NullFormatter())
-    axis.invert_xaxis()  # dense on the left, sparse on the right
-    axis.set_xlabel("density (% of weights kept, log scale)")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("test accuracy (%)")
     axis.set_ylim(top=min(axis.get_ylim()[1], 101))
     axis.set_title(title)

@@ -49,6 +49,34 @@ def test_accuracy_vs_density(tmp_path) -> None:
     assert_png(plot_accuracy_vs_density(results, tmp_path / "accuracy.png"))
 
 
+def _drawn_axis(monkeypatch, draw) -> object:
+    """The matplotlib Axes a plot function saved (its figure is captured as it is written)."""
+    from sparseticket.reporting import plots
+
+    saved = []
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: saved.append(figure) or real(figure, path))
+    draw()
+    (figure,) = saved
+    (axis,) = figure.axes
+    return axis
+
+
+def test_nearby_densities_share_a_point_on_a_labelled_axis(tmp_path, monkeypatch) -> None:
+    """Issue 26: IMP at 0.0500246 and random at 0.0500241 were spread over the whole log axis,
+    which had no tick labels. The view spans at least a factor 2 either side, with labelled ticks."""
+    results = {"imp": [(0.0500246, 0.97, 0.01)], "random": [(0.0500241, 0.90, 0.02)]}
+    axis = _drawn_axis(monkeypatch, lambda: plot_accuracy_vs_density(results, tmp_path / "accuracy.png"))
+    left, right = axis.get_xlim()
+    assert left >= 2 * 5.00246 * 0.999 and right <= 5.00241 / 2 * 1.001  # dense on the left
+    visible = [tick for tick in axis.get_xticks() if right <= tick <= left]
+    labels = [axis.xaxis.get_major_formatter()(tick, 0) for tick in visible]
+    assert {"5%", "10%"} <= set(labels), labels
+    markers = {container.get_label(): container.lines[0].get_marker() for container in axis.containers}
+    assert set(markers) == {"imp (mean ± std)", "random (mean ± std)"}
+    assert len(set(markers.values())) == 2  # a different symbol per method
+
+
 def test_accuracy_single_dense_point(tmp_path) -> None:
     assert_png(plot_accuracy_vs_density({"dense": [(1.0, 0.97)]}, tmp_path / "accuracy.png"))
 
