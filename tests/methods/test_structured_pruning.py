@@ -270,3 +270,16 @@ def test_bad_masks_raise(key: str, mask: object, message: str, generator: torch.
     with pytest.raises(ValueError, match=message) as info:
         prune_channels(model, {key: mask}, example(), measure_latency=False)
     assert repr(key) in str(info.value)
+
+
+def test_macs_are_per_example_whatever_the_batch_of_the_example_inputs():
+    """Issue 26: summary.md and prune_report differed in MACs: the counter's batch total divided by
+    the batch size drifts with it (some ops count once per call)."""
+    from sparseticket.builtin.models import vgg_small
+    from sparseticket.methods.structured import measure_model
+
+    model = vgg_small(width=16).eval()
+    counts = {batch: measure_model(model, torch.randn(batch, 1, 8, 8), False)[1] for batch in (1, 3, 64)}
+    assert len(set(counts.values())) == 1, counts
+    as_tuple = measure_model(model, (torch.randn(64, 1, 8, 8),), False)[1]
+    assert as_tuple == counts[1]
