@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -41,6 +42,21 @@ def _installed_mismatch() -> str:
     return installed_build_mismatch(record, torch.__version__, instruction_set())
 
 
+def source_checkout() -> Path | None:
+    """The source checkout this package is imported from (``setup.py`` and ``csrc/`` beside it), or None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "setup.py").is_file() and (root / "csrc").is_dir() else None
+
+
+def _say_source_tree(root: Path) -> str:
+    """Say, once, that the source tree without a built ``_C`` is being imported, and what to do."""
+    advice = (f"you are importing the source tree {root / 'sparseticket'}, which has no built C++ extension: "
+              "run from another folder to use the installed package, or install this checkout with "
+              "`pip install --no-build-isolation -e .`")
+    print(f"sparseticket: {advice}", file=sys.stderr, flush=True)
+    return advice
+
+
 def _load() -> tuple[ModuleType | None, object | None, str, str]:
     """(extension module, op namespace, why unavailable, where from: "installed" or "jit")."""
     if os.environ.get("SPARSETICKET_DISABLE_CPP") == "1":
@@ -53,6 +69,9 @@ def _load() -> tuple[ModuleType | None, object | None, str, str]:
             import sparseticket._C as extension  # importing registers the ops
         except (ImportError, OSError) as error:  # not built, or built for another torch (undefined symbol)
             installed = f"no usable install-time build ({str(error).splitlines()[0][:200]})"
+            checkout = source_checkout()
+            if checkout is not None:
+                installed = f"{_say_source_tree(checkout)}; {installed}"
         else:
             return extension, torch.ops.sparseticket_cpu, "", "installed"
     from sparseticket._kernels.jit import build_kernels

@@ -136,3 +136,27 @@ def test_build_command_with_install_time_kernels_builds_nothing(capsys):
     assert sparseticket.backends()["cpp"]
     assert main(["build"]) == 0
     assert "nothing to build" in capsys.readouterr().out
+
+
+def test_importing_a_source_tree_without_its_extension_says_what_to_do(monkeypatch, tmp_path, capsys):
+    """Issue 26: running inside the clone imported the source folder, whose _C is not built, with
+    only a vague warning. The loader names the folder and the two ways out."""
+    import sys
+
+    from sparseticket._kernels import cpp
+
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "sparseticket" / "_kernels").mkdir(parents=True)
+    monkeypatch.setattr(cpp, "__file__", str(tmp_path / "sparseticket" / "_kernels" / "cpp.py"))
+    assert cpp.source_checkout() == tmp_path
+    monkeypatch.setitem(sys.modules, "sparseticket._C", None)  # the import fails, as with no build
+    monkeypatch.setattr(jit, "build_kernels", lambda: (None, "building them on first use is off", None))
+    module, kernels, reason, source = cpp._load()
+    assert module is None and kernels is None and source == ""
+    err = capsys.readouterr().err
+    for words in (f"you are importing the source tree {tmp_path / 'sparseticket'}", "run from another folder",
+                  "pip install --no-build-isolation -e ."):
+        assert words in err and words in reason, (err, reason)
+    monkeypatch.setattr(cpp, "__file__", str(tmp_path / "site-packages" / "sparseticket" / "_kernels" / "cpp.py"))
+    assert cpp.source_checkout() is None  # an installed package: no such advice
