@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+from sparseticket.methods.gemminer import DEFAULT_SCORE_LR
 from sparseticket.methods.registry import BASELINES, METHODS, channel_methods
 
 
@@ -53,7 +54,7 @@ class RunConfig:
     density: float = 0.05
     period: int = 5
     l2: float = 1e-4
-    score_lr: float = 10.0
+    score_lr: float = DEFAULT_SCORE_LR  # Gem-Miner: see GemMiner's docstring (the paper: 0.1 over 58,650 steps)
     rate: float = 0.2
     rewind_step: str = "0"  # IMP: "500it" (iterations), "2ep" (epochs) or a bare number of iterations
     round_epochs: int = 5

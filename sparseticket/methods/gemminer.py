@@ -26,6 +26,7 @@ checksummed across ranks at every freezing round.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,7 +39,23 @@ from sparseticket.methods.convention import check_convention
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import PrunableWeight, prunable_weights
-from sparseticket.ops import MaskedWeightSlots, gemminer_masked_weight, gemminer_step_, kth_value, memory_order
+from sparseticket.ops import (
+    MaskedWeightSlots,
+    gemminer_masked_weight,
+    gemminer_step_,
+    kth_value,
+    memory_order,
+    pack_mask,
+    unpack_mask,
+)
+
+DEFAULT_SCORE_LR = 10.0  # the paper's 0.1 x its 58,650 steps, spread over the ~600 steps of a short run
+PAPER_SCORE_STEPS = 150 * 391  # Gem-Miner mines 150 epochs of 391 CIFAR-10 steps at lr 0.1
+STILL_RANDOM = 0.5  # warn when more than this share of the mined mask is the initial scores' top
+
+
+class MiningWarning(UserWarning):
+    """Gem-Miner's mask barely moved from its random initial ranking (the learning rate is too small)."""
 
 
 class _ScoreMask(nn.Module):
@@ -98,6 +115,13 @@ class GemMiner:
     over ``epochs``). All of the model's own parameters are frozen while mining (BN acts as
     non-affine). ``seed`` seeds the U[0, 1] score draw; None follows ``torch.manual_seed``.
 
+    ``lr`` defaults to 10, the command line's ``--score-lr``, not the paper's 0.1: the paper mines
+    150 CIFAR-10 epochs of 391 steps (58,650 steps); runs of a few hundred steps, as in the README
+    and on the built-in digits, need about the same lr x steps, and at 0.1 their mask stays the
+    random initial ranking (chance accuracy). For a run of S steps, about ``0.1 * 58650 / S``
+    (``GemMiner.lr_for(S)``); pass ``lr=0.1`` for the paper's length. When mining ends with a mask
+    that is mostly the initial scores' top, a ``MiningWarning`` says so.
+
     ``convention``: ``"default"`` freezes exactly down to ``round(N * density**(r/n))`` active
     weights in round r of n (ties by position), so mining ends at exactly ``round(N * density)``.
     ``"original"`` is the authors' ``BottomK`` (``utils/net_utils.py``): each round freezes
@@ -115,7 +139,7 @@ class GemMiner:
         epochs: int,
         period: int = 5,
         l2: float = 1e-4,
-        lr: float = 0.1,
+        lr: float = DEFAULT_SCORE_LR,
         momentum: float = 0.9,
         exclude: Iterable[str] = (),
         seed: int | None = None,
@@ -169,8 +193,43 @@ class GemMiner:
             parametrize.register_parametrization(weight.module, weight.attr, score_mask, unsafe=True)
             self._score_masks.append(score_mask)
         self._legacy_hook = model.register_load_state_dict_pre_hook(self._split_legacy_scores)
+        self._initial_top = self._top_scores()  # packed: which scores start in the top `density`
         self.freezes_done = 0
         self.epoch = 0  # epoch_end calls so far (or the last epoch passed to it)
+
+    @staticmethod
+    def lr_for(steps: int) -> float:
+        """The score learning rate that gives ``steps`` the paper's lr x steps (0.1 x 58,650)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        return 0.1 * PAPER_SCORE_STEPS / steps
+
+    @torch.no_grad()
+    def _top_scores(self) -> torch.Tensor:
+        """The scores in the top ``density`` fraction now, packed (one bit per score)."""
+        total = self.scores.numel()
+        keep = max(1, min(total, round(total * self.target_density)))
+        threshold = kth_value(self.scores.detach(), total - keep)
+        return pack_mask(self.scores.detach() >= threshold)
+
+    def still_initial(self) -> float:
+        """Share of the live mask (p > 0.5 and not frozen) that was in the initial scores' top
+        ``density``: about ``density`` for a mask the gradients chose, near 1 for one that barely
+        moved from its random start (0 for an empty mask)."""
+        live = (self.scores.detach() > 0.5) & self.flags
+        kept = int(live.sum())
+        if kept == 0:
+            return 0.0
+        initial = unpack_mask(self._initial_top, self.scores.numel()).to(live.device)
+        return int((live & initial).sum()) / kept
+
+    def _warn_if_still_random(self) -> None:
+        share = self.still_initial()
+        if share > STILL_RANDOM:
+            warnings.warn(f"GemMiner: {share:.0%} of the mined mask is the top {self.target_density:g} of the random "
+                          f"initial scores: the scores barely moved (lr {self.base_lr:g}). Raise lr (for a run of S "
+                          "steps about 0.1 * 58650 / S: GemMiner.lr_for(S)) or mine longer", MiningWarning,
+                          stacklevel=3)
 
     # ----------------------------------------------------------------- per step
     def after_backward(self) -> torch.Tensor:
@@ -261,6 +320,13 @@ class GemMiner:
         The epoch is counted inside (``gm.epoch``, restored by ``load_state_dict``)."""
         epoch = self.epoch = self.epoch + 1
         self.lr = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
+        froze = self._freeze_on_schedule(epoch)
+        if epoch == self.epochs:  # mining ends with this epoch
+            self._warn_if_still_random()
+        return froze
+
+    def _freeze_on_schedule(self, epoch: int) -> bool:
+        """The freezing round that follows epoch ``epoch``, if any; True if it froze."""
         steps = freezing_steps(self.epochs, self.period)
         round_index = freezing_round(epoch, self.period)
         if self.target_density >= 1 or not 0 < round_index <= steps or round_index <= self.freezes_done:
@@ -315,6 +381,7 @@ class GemMiner:
             "lr": self.lr,
             "freezes_done": self.freezes_done,
             "epoch": self.epoch,
+            "initial_top": self._initial_top.clone(),
         }
 
     @torch.no_grad()
@@ -338,6 +405,11 @@ class GemMiner:
         self.momentum_buffer.copy_(state["momentum_buffer"])
         self.lr = float(state["lr"])
         self.freezes_done = int(state["freezes_done"])
+        if "initial_top" in state:  # states saved before the check: the one computed at construction stays
+            if state["initial_top"].shape != self._initial_top.shape:
+                raise ValueError(f"GemMiner state mismatch: initial_top has {state['initial_top'].numel()} bytes, "
+                                 f"this model needs {self._initial_top.numel()}")
+            self._initial_top.copy_(state["initial_top"])
         self.epoch = int(state.get("epoch", 0))  # states saved before the epoch count: 0
 
     # ----------------------------------------------------------------- results

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sparseticket.builtin.models import vgg_small
-from sparseticket.methods.gemminer import GemMiner, freezing_steps
+from sparseticket.methods.gemminer import GemMiner, MiningWarning, freezing_steps
 
 
 def _mine(model, miner, epochs, batches=2, seed=0):
@@ -122,3 +122,34 @@ def test_exclude_output_and_bad_arguments():
             GemMiner(vgg_small(width=4), **arguments)
     with pytest.raises(RuntimeError, match="no score gradient"):
         GemMiner(vgg_small(width=4), density=0.5, epochs=6).step()
+
+
+def _mine_digits(lr: float) -> tuple[GemMiner, list]:
+    import warnings
+
+    from sparseticket.builtin.data import load_digits_split
+
+    data = load_digits_split()
+    torch.manual_seed(0)
+    model = vgg_small(width=8)
+    miner = GemMiner(model, density=0.2, epochs=6, period=5, lr=lr, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(6):
+            for images, labels in data.train_loader(seed=epoch):
+                nn.functional.cross_entropy(model(images), labels).backward()
+                miner.step()
+            miner.epoch_end()
+    return miner, [warning for warning in caught if warning.category is MiningWarning]
+
+
+def test_a_mask_still_at_its_random_start_is_warned_about():
+    """Issue 26: at the paper's lr 0.1, 132 steps leave the mask at the initial scores' ranking
+    (chance accuracy), silently. The lr for the run's length moves it, and nothing is said."""
+    stuck, warned = _mine_digits(0.1)
+    assert stuck.still_initial() > 0.9 and len(warned) == 1
+    assert "barely moved" in str(warned[0].message) and "GemMiner.lr_for(S)" in str(warned[0].message)
+    steps = 6 * 22  # 6 epochs of 22 digits batches
+    moved, warned = _mine_digits(GemMiner.lr_for(steps))
+    assert moved.still_initial() < 0.5 and warned == []
+    assert GemMiner.lr_for(150 * 391) == pytest.approx(0.1)

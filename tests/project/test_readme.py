@@ -58,12 +58,18 @@ def runnable(page: Path) -> list[Block]:
     return [block for block in fenced_blocks(page) if block.language == "python" and block.not_run is None]
 
 
-def script(page: Path) -> str:
-    """The page's runnable blocks as one script whose line numbers are the page's."""
-    lines = [""] * len(page.read_text(encoding="utf-8").splitlines())
-    for block in runnable(page):
-        lines[block.first_line:block.first_line + len(block.lines)] = block.lines
-    return "\n".join(lines) + "\n"
+def scripts(page: Path) -> list[str]:
+    """What runs, with the page's line numbers: the README's blocks one by one, each on its own (a
+    reader copies one snippet), a docs page's blocks in order as one script."""
+    blocks = runnable(page)
+    groups = [[block] for block in blocks] if page == README else [blocks]
+    texts = []
+    for group in groups:
+        lines = [""] * len(page.read_text(encoding="utf-8").splitlines())
+        for block in group:
+            lines[block.first_line:block.first_line + len(block.lines)] = block.lines
+        texts.append("\n".join(lines) + "\n")
+    return texts
 
 
 def name(page: Path) -> str:
@@ -174,10 +180,13 @@ def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mon
     from sparseticket.methods import BASELINES, METHODS
 
     saved = [(registry, dict(registry)) for registry in (METHODS, BASELINES)]
-    namespace: dict = {"__name__": "__docs__"}
+    merged: dict = {}
     try:
-        exec(compile(script(page), str(page), "exec"), namespace)  # noqa: S102
-        CHECKS[name(page)](namespace, tmp_path)
+        for text in scripts(page):
+            namespace: dict = {"__name__": "__docs__"}  # a fresh one per script: nothing carries over
+            exec(compile(text, str(page), "exec"), namespace)  # noqa: S102
+            merged.update(namespace)
+        CHECKS[name(page)](merged, tmp_path)
     finally:  # a page that registers a method (contributing.md) leaves no trace
         for registry, entries in saved:
             registry.clear()
