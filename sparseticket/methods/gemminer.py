@@ -109,7 +109,9 @@ def original_rate(density: float, rounds: int) -> float:
 class GemMiner:
     """Scores and frozen flags for every prunable weight, the fused score step and the freezing schedule.
 
-    ``density``: target fraction of weights kept; ``epochs``: mining epochs E; ``period``: freeze
+    ``density``: target fraction of weights kept (of every prunable weight, the output layer
+    included, as the Gem-Miner repository; ``IMP`` keeps the output layer dense by default:
+    ``exclude=("output",)`` here does the same); ``epochs``: mining epochs E; ``period``: freeze
     after epochs T + 1, 2T + 1, ... (floor((E-1)/T) rounds, as the authors' code);
     ``l2``: lambda of lambda*||p||^2; ``lr``/``momentum``: SGD on the scores (cosine schedule
     over ``epochs``). All of the model's own parameters are frozen while mining (BN acts as

@@ -133,10 +133,12 @@ class IMP:
     """Iterative magnitude pruning with rewinding: one bool mask per Conv/Linear weight.
 
     ``rate``: fraction of the surviving weights pruned per round (global over all layers);
-    ``rewind_step``: the step k at which ``capture`` is called (metadata; 0 = before training): an
+    ``rewind_step``: the step k at which you call ``capture`` (only recorded, in the ticket: the
+    rewind point is wherever ``capture(optimizer, scheduler)`` is called; 0 = before training): an
     int (iterations) or open_lth's ``"500it"`` / ``"2ep"`` (``rewind_step_parts`` reads it);
-    ``exclude``: module names left dense (``"output"`` = the last Conv/Linear layer; open_lth
-    leaves it dense for LeNet and VGG and prunes it for ResNets: pass ``exclude=()`` for those).
+    ``exclude``: module names left dense (``"output"`` = the last Conv/Linear layer, kept dense by
+    default, while ``GemMiner`` prunes it by default; open_lth leaves it dense for LeNet and VGG and
+    prunes it for ResNets: pass ``exclude=()`` for those).
     ``model`` may be wrapped in ``DistributedDataParallel`` or sharded with FSDP2's
     ``fully_shard`` (see the module docstring).
 
