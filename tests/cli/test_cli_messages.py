@@ -45,3 +45,15 @@ def test_the_first_epoch_prints_no_nan_distance_and_an_undrawn_ticket_is_said_pl
     (run_dir,) = [path for path in tmp_path.iterdir() if path.is_dir()]
     summary = (run_dir / "summary.md").read_text()
     assert "None" not in summary and "the masks never settled within eps" in summary, summary
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    """Issue 26: tqdm's carriage returns filled log files. Without --no-progress, a redirected stderr
+    gets no bar (stdout keeps its one line per epoch)."""
+    command = [sys.executable, "-m", "sparseticket", "search", "--method", "random", "--density", "0.2",
+               "--width", "4", "--finetune-epochs", "2", "--threads", "1", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "it/s" not in done.stderr, done.stderr[-2000:]
+    assert "finetune 2/2" in done.stdout
