@@ -116,6 +116,21 @@ def units_for(seeds: int, seeds_other: int, settings: Settings) -> list[Unit]:
     return units
 
 
+WALL_TIME_FILE = "wall_time.json"  # wall seconds summed over the invocations that worked on this folder
+
+
+def _add_wall_seconds(out: Path, seconds: float) -> float:
+    """Add this invocation's wall seconds to the folder's total and return the total."""
+    import json
+
+    from sparseticket.files import atomic_write
+
+    path = out / WALL_TIME_FILE
+    total = (json.loads(path.read_text())["seconds"] if path.exists() else 0.0) + seconds
+    atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps({"seconds": total})))
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the claims; returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -133,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     records = run_units(units, settings, out, arguments.workers, arguments.threads,
                         log=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - started
+    total = _add_wall_seconds(out, seconds)
     command = "sparseticket reproduce " + " ".join(argv)
-    path = write_report(records, settings, seeds, seeds_other, out, command.strip(), seconds)
-    print(f"wrote {path} and plots ({seconds:.0f} s)", flush=True)
+    path = write_report(records, settings, seeds, seeds_other, out, command.strip(), total)
+    print(f"wrote {path} and plots ({seconds:.0f} s now, {total:.0f} s in all)", flush=True)
     return 0
 
 
