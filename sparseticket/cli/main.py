@@ -18,6 +18,7 @@ import torch
 from sparseticket.cli import distributed, presets
 from sparseticket.cli.config import RunConfig, is_channel_method, method_choices
 from sparseticket.cli.report import summarize_compare, summarize_search
+from sparseticket.driver.threads import choose_threads
 from sparseticket.methods.convention import CONVENTIONS
 
 _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and why (docs/DEFAULTS.md)
@@ -67,6 +68,9 @@ _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and w
 }
 
 
+_THREADS_WHY = ["torch's default"]  # why this process uses the threads it does (set by main, shown by info)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (exit code 2), no usage dump."""
 
@@ -95,7 +99,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
                              "accuracy, resnet20 width 16, lr 0.05, batch 64, 40 epochs; paper = hard with 160 "
                              "epochs of search, fine-tuning and IMP rounds (default: default)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="folder for run folders (default: runs)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the usable cores idle when the run starts, at least 1; "
+                             "OMP_NUM_THREADS also sets it)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="device (default: auto = cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -253,7 +259,7 @@ def _info() -> None:
           f"Triton {'on' if info['triton'] else 'off (' + info['triton_reason'] + ')'}; "
           f"CUDA GPU {'yes' if info['cuda'] else 'no'}")
     print(f"CPU ops run on: {info['cpu_backend']}; CUDA ops run on: {info['cuda_backend']}")
-    print(f"threads: {torch.get_num_threads()}")
+    print(f"threads: {torch.get_num_threads()} ({_THREADS_WHY[0]}; --threads overrides)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return reproduce(argv[1:])
     arguments = build_parser().parse_args(argv)
-    if getattr(arguments, "threads", None):
-        torch.set_num_threads(arguments.threads)
+    try:
+        threads, _THREADS_WHY[0] = choose_threads(getattr(arguments, "threads", None))
+    except ValueError as error:
+        print(f"sparseticket: error: {error}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(threads)
     if getattr(arguments, "device", "auto") == "cuda" and not torch.cuda.is_available():
         print("sparseticket: error: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
         return 2

@@ -21,13 +21,13 @@ same settings. ``claims.md`` and the plots are then written atomically from thos
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sparseticket.driver.threads import usable_cores
 from sparseticket.studies.claims.report import write_report
 from sparseticket.studies.claims.runner import Unit, load_cached, run_units, settings_record
 from sparseticket.studies.claims.settings import QUEUE, SMALL, VERDICTS, Settings
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="plumbing size for CI: 2 seeds, 6 epochs, width 4, 256 training images, IMP rate 0.8, "
                              "6 barrier points (verdicts are then inconclusive by design)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default: 1)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="worker processes, one unit (method, seed) each (default: 2, or 1 on one core)")
+    parser.add_argument("--workers", type=int, default=min(2, usable_cores()),
+                        help="worker processes, one unit (method, seed) each; workers x threads must not exceed "
+                             "the usable cores (default: 2, or 1 on one core)")
     return parser
 
 
@@ -90,6 +91,10 @@ def settings_from(arguments: argparse.Namespace) -> tuple[Settings, int, int]:
     for flag, value, least in checks:
         if value < least:
             raise ValueError(f"{flag} must be >= {least}, got {value}")
+    if arguments.workers * arguments.threads > usable_cores():
+        raise ValueError(f"--workers {arguments.workers} x --threads {arguments.threads} = "
+                         f"{arguments.workers * arguments.threads} threads, more than the {usable_cores()} usable "
+                         "cores: threads that wait for each other at every op then take turns on a core")
     from sparseticket.driver.schedules import parse_rewind_step
 
     total = settings.round_epochs * steps_per_epoch(settings)
