@@ -17,8 +17,11 @@ TINY = ["--width", "4", "--finetune-epochs", "1", "--no-progress", "--threads", 
 def test_ctrl_c_names_the_run_folder_to_resume(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "sparseticket", "search", "--method", "worm", "--epochs", "30", *TINY,
                "--out", str(tmp_path)]
+    # SIG_DFL in the child: a SIGINT ignored by the test's process (as a pytest-xdist worker may have
+    # it) is inherited across exec, and Python would then never raise KeyboardInterrupt; a shell gives SIG_DFL
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in process.stdout:
             if line.startswith("search 2/"):
