@@ -219,8 +219,8 @@ def _compare(arguments: argparse.Namespace, processes: distributed.Processes) ->
             f"{what}" + (f": already finished, not retrained ({run_dir.name})" if finished else ""), flush=True)
         result = Search(config, run_dir, progress=not arguments.no_progress and not finished, processes=processes,
                         log=(lambda _message: None) if finished else print).run()
-        if processes.is_main and not (finished and (run_dir / "summary.md").exists()):
-            summarize_search(result)  # the run folder's own summary.md and plots
+        if processes.is_main and not finished:
+            summarize_search(result)  # the run folder's own plots and summary.md
         results.append(result)
     if processes.is_main:
         print(summarize_compare(results, arguments.out))

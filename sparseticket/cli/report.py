@@ -49,7 +49,6 @@ def summarize_search(result, *, write: bool = True) -> str:
     table = "\n".join(f"{key:<{width}}  {value}" for key, value in rows) + f"\nrun folder: {result.run_dir}"
     if not write:
         return table
-    write_text(result.run_dir / "summary.md", f"# {result.run_dir.name}\n\n{_markdown(rows)}")
     if result.ticket.masks:
         plots.plot_layer_densities(result.ticket.density_per_layer(), result.run_dir / "layer_density.png",
                                    f"{result.config.method}: density per layer")
@@ -62,6 +61,8 @@ def summarize_search(result, *, write: bool = True) -> str:
         plots.plot_mask_distances({name: result.extra["history"]}, {name: result.extra["found_epoch"]},
                                   result.run_dir / "mask_distance.png",
                                   trigger_epochs={name: result.extra.get("trigger_epoch")})
+    # last: a summary.md on disk means the run folder is complete (cli.search.finished_run)
+    write_text(result.run_dir / "summary.md", f"# {result.run_dir.name}\n\n{_markdown(rows)}")
     return table
 
 

@@ -53,9 +53,11 @@ WALL_TIME_FILE = "wall_time.json"  # the run's wall seconds summed over every pr
 
 
 def finished_run(run_dir: Path, config: RunConfig) -> bool:
-    """Whether ``run_dir`` holds a finished run of ``config`` (``metrics.csv`` is written last)."""
+    """Whether ``run_dir`` holds a finished run of ``config``: ``metrics.csv`` and ``summary.md``, the
+    last file a run writes (after its plots), are there. A run killed while writing its summary or
+    plots is not finished: resuming it writes them."""
     config_path = run_dir / "config.json"
-    return (config_path.exists() and (run_dir / "metrics.csv").exists()
+    return (config_path.exists() and (run_dir / "metrics.csv").exists() and (run_dir / "summary.md").exists()
             and RunConfig.from_json(config_path.read_text()) == config)
 
 

@@ -290,3 +290,13 @@ def test_wall_time_sums_every_process_and_a_finished_resume_changes_nothing(tmp_
     assert result.returncode == 0 and "already finished; nothing retrained, nothing rewritten" in result.stdout
     assert f"{total:.1f} s" in result.stdout
     assert _files(run) == before  # not a byte, not a timestamp
+
+
+def test_a_run_killed_while_writing_its_plots_is_completed_by_resume(tmp_path):
+    """metrics.csv is on disk but the plots and summary.md are not: the run is not finished, and
+    --resume writes them (and removes the half-written temporary) instead of treating it as done."""
+    killed([*GEMMINER, "--out", str(tmp_path)], "mid-write:layer_density.png:1")
+    run = run_folder(tmp_path)
+    assert (run / "metrics.csv").exists() and not (run / "summary.md").exists() and len(hidden_files(run)) == 1
+    finished(["search", "--resume", str(run)])
+    assert (run / "summary.md").exists() and (run / "layer_density.png").exists() and hidden_files(run) == []
