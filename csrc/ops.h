@@ -37,4 +37,13 @@ void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor
 at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
                           const at::Tensor& flags, double lr, double momentum, double l2);
 
+// One torch.optim step over a list of parameters with the pruned entries (masks False) of weights and state
+// set to 0 (optim.cpp); masks empty = a dense step. Both check the op's contract themselves.
+void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList masks,
+                 double lr, double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
+                 bool first_step);
+void masked_adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                  at::TensorList max_exp_avg_sqs, at::TensorList masks, double lr, double beta1, double beta2,
+                  double eps, double weight_decay, double step, bool decoupled, bool maximize);
+
 }  // namespace sparseticket

@@ -22,6 +22,11 @@ TORCH_LIBRARY(sparseticket_cpu, m) {
   m.def("gemminer_masked_weight(Tensor weight, Tensor scores, Tensor flags, Tensor grad_slot, Tensor claimed, "
         "Tensor weight_slot) -> Tensor");
   // EarlyBERT slimming's column scaling with its backward in C++ (scale_columns.cpp).
+  m.def("masked_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[] masks, float lr, "
+        "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, bool first_step) -> ()");
+  m.def("masked_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] max_exp_avg_sqs, Tensor[] masks, float lr, float beta1, float beta2, float eps, "
+        "float weight_decay, float step, bool decoupled, bool maximize) -> ()");
   m.def("scale_columns(Tensor weight, Tensor coefficients, int width, Tensor weight_slot) -> Tensor");
 }
 
@@ -35,4 +40,6 @@ TORCH_LIBRARY_IMPL(sparseticket_cpu, CompositeExplicitAutograd, m) {
   m.impl("gemminer_mask", &sparseticket::gemminer_mask);
   m.impl("gemminer_mask_backward", &sparseticket::gemminer_mask_backward);
   m.impl("gemminer_step_", &sparseticket::gemminer_step_);
+  m.impl("masked_sgd_", &sparseticket::masked_sgd_);
+  m.impl("masked_adam_", &sparseticket::masked_adam_);
 }

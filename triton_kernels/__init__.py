@@ -10,6 +10,7 @@ from sparseticket.triton_kernels.columns import scale_columns, scale_columns_bac
 from sparseticket.triton_kernels.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
 from sparseticket.triton_kernels.kth import digit_histogram, kth_value
 from sparseticket.triton_kernels.masks import mask_distances, pack_mask, unpack_mask
+from sparseticket.triton_kernels.optim import masked_adam_, masked_sgd_
 from sparseticket.triton_kernels.truncate import truncate_grads_
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "gemminer_step_",
     "kth_value",
     "mask_distances",
+    "masked_adam_",
+    "masked_sgd_",
     "pack_mask",
     "scale_columns",
     "scale_columns_backward",

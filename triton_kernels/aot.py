@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 
-from sparseticket.triton_kernels import columns, gemminer, kth, masks, truncate
+from sparseticket.triton_kernels import columns, gemminer, kth, masks, optim, truncate
 
-KERNEL_MODULES = (truncate, masks, kth, gemminer, columns)
+KERNEL_MODULES = (truncate, masks, kth, gemminer, columns, optim)
 _MEMORY_OP = re.compile(r"\b((?:ld|st)\.global(?:\.[a-z0-9]+)*)")
 # Float min/max instructions: without ".NaN" they return the other operand when one is NaN.
 _FLOAT_MIN_MAX = re.compile(r"\b((?:min|max)(?:\.[A-Za-z0-9]+)*\.(?:f16|f32|f64|bf16)(?:x2)?)\b")
@@ -147,6 +147,18 @@ def specialisations(spec: dict) -> list[dict]:
     elif name == "scale_columns_reduce_kernel":
         out = [_variant(spec, f"coefficients={coefficients}", pointers={"grad_coefficients": coefficients})
                for coefficients in FLOATS]
+    elif name in ("masked_sgd_kernel", "masked_adam_kernel"):
+        # momentum: 0 none, 1 first step (buffer written, not read), 2 blend; AMSGrad reads/writes maxima
+        state, values = ("MOMENTUM", (0, 1, 2)) if name == "masked_sgd_kernel" else ("AMSGRAD", BOOLS)
+        for dtype in FLOATS:
+            for has_mask in BOOLS:
+                for value in values:
+                    for aligned in BOOLS:
+                        out.append(_variant(spec, f"dtype={dtype} mask={has_mask} {state.lower()}={value} "
+                                                  f"aligned={aligned}",
+                                            constexprs={"DTYPE": FLOATS[dtype], "HAS_MASK": has_mask, state: value,
+                                                        "ALIGNED": aligned},
+                                            aligned=aligned, tables=True))
     elif name == "mask_distances_kernel":
         out = [_variant(spec, f"runs={runs} aligned={aligned}", constexprs={"HAS_RUNS": runs, "ALIGNED": aligned},
                         aligned=aligned) for runs in BOOLS for aligned in BOOLS]
@@ -164,7 +176,8 @@ def compile_kernel(spec: dict, arch: int) -> dict:
     """Compile one kernel for ``sm_<arch>``; summarise its PTX and resources."""
     source = triton.compiler.ASTSource(
         fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"], attrs=spec["attrs"])
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    # "options": the launcher's compile options (e.g. enable_fp_fusion=False), if it passes any
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=spec.get("options"))
     ptx = compiled.asm["ptx"]
     return {
         "kernel": spec["name"],

@@ -274,6 +274,112 @@ def scale_columns(weight: object, coefficients: object, width: object) -> tuple:
     return weight, coefficients, width
 
 
+def _same_as_params(name: str, tensors: list, params: list, dtype: torch.dtype, device: torch.device,
+                    *, writable: bool) -> list[torch.Tensor]:
+    """One tensor per parameter, of its shape, dtype and device; in-place targets (``writable``)
+    must be in the parameter's memory order, read-only ones are read through a copy when not."""
+    if len(tensors) != len(params):
+        raise ValueError(f"{name} must have one tensor per parameter: got {len(tensors)} for {len(params)} params")
+    checked = []
+    for index, (tensor, param) in enumerate(zip(tensors, params)):
+        check_tensor(f"{name}[{index}]", tensor, (dtype,), device)
+        if tensor.shape != param.shape:
+            check_same_shape(f"{name}[{index}]", tensor, f"params[{index}]", param)
+        if writable:
+            if memory_order(tensor) is None or memory_order(tensor) != memory_order(param):
+                raise ValueError(f"{name}[{index}] must be laid out like params[{index}] (contiguous or "
+                                 "channels_last; it is updated in place): make it with torch.zeros_like(param)")
+            checked.append(tensor)
+        else:
+            checked.append(in_order_of(tensor, param))
+    return checked
+
+
+def _optimizer_lists(params: object, grads: object, masks: object) -> tuple:
+    """``params`` float, one dtype and device, contiguous or channels_last; ``grads`` one per
+    parameter (its shape and dtype); ``masks`` empty or one bool per parameter (its shape)."""
+    params = _as_list("params", params)
+    grads = _as_list("grads", grads)
+    masks = _as_list("masks", masks)
+    if not params:
+        if grads or masks:
+            raise ValueError("grads and masks must be empty when params is")
+        return params, grads, masks, None, None
+    check_tensor_list("params", params, FLOAT_DTYPES)
+    dtype, device = params[0].dtype, params[0].device
+    for index, param in enumerate(params):
+        check_flat_dense(f"params[{index}]", param)
+    grads = _same_as_params("grads", grads, params, dtype, device, writable=False)
+    if masks:
+        if len(masks) != len(params):
+            raise ValueError(f"masks must be empty or have one mask per parameter: got {len(masks)} for "
+                             f"{len(params)} params")
+        checked = []
+        for index, (mask, param) in enumerate(zip(masks, params)):
+            check_tensor(f"masks[{index}]", mask, (torch.bool,), device)
+            if mask.shape != param.shape and not (mask.dim() == 1 and mask.numel() == param.numel()):
+                raise ValueError(f"masks[{index}] must have the shape of params[{index}] {tuple(param.shape)}, "
+                                 f"got {tuple(mask.shape)}")
+            checked.append(in_order_of(mask, param))
+        masks = checked
+    return params, grads, masks, dtype, device
+
+
+def _optimizer_scalars(**values: object) -> dict[str, float]:
+    return {name: check_float(name, value) for name, value in values.items()}
+
+
+def masked_sgd_(params: object, grads: object, momentum_buffers: object, masks: object, lr: object,
+                weight_decay: object, momentum: object, dampening: object, nesterov: object, maximize: object,
+                first_step: object) -> tuple:
+    """``params``/``grads``/``masks`` as ``_optimizer_lists``; ``momentum_buffers`` one per parameter
+    (laid out like it) when ``momentum != 0``, else empty; scalars finite, ``momentum`` and
+    ``weight_decay`` >= 0; Nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)."""
+    scalars = _optimizer_scalars(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening)
+    if scalars["momentum"] < 0 or scalars["weight_decay"] < 0:
+        raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}")
+    if nesterov and (scalars["momentum"] <= 0 or scalars["dampening"] != 0):
+        raise ValueError("nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)")
+    params, grads, masks, dtype, device = _optimizer_lists(params, grads, masks)
+    buffers = _as_list("momentum_buffers", momentum_buffers)
+    if scalars["momentum"] == 0:
+        if buffers:
+            raise ValueError("momentum_buffers must be empty when momentum is 0")
+    elif params:
+        buffers = _same_as_params("momentum_buffers", buffers, params, dtype, device, writable=True)
+    elif buffers:
+        raise ValueError("momentum_buffers must be empty when params is")
+    return (params, grads, buffers, masks, scalars["lr"], scalars["weight_decay"], scalars["momentum"],
+            scalars["dampening"], bool(nesterov), bool(maximize), bool(first_step))
+
+
+def masked_adam_(params: object, grads: object, exp_avgs: object, exp_avg_sqs: object, max_exp_avg_sqs: object,
+                 masks: object, lr: object, beta1: object, beta2: object, eps: object, weight_decay: object,
+                 step: object, decoupled: object, maximize: object) -> tuple:
+    """``params``/``grads``/``masks`` as ``_optimizer_lists``; ``exp_avgs``, ``exp_avg_sqs`` (and
+    ``max_exp_avg_sqs`` for AMSGrad, else empty) one per parameter, laid out like it; betas in
+    [0, 1), ``eps`` and ``weight_decay`` >= 0, ``step`` >= 1 (the count after this step)."""
+    scalars = _optimizer_scalars(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
+    for name in ("beta1", "beta2"):
+        if not 0 <= scalars[name] < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {scalars[name]}")
+    if scalars["eps"] < 0 or scalars["weight_decay"] < 0:
+        raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
+    if scalars["step"] < 1:
+        raise ValueError(f"step must be >= 1 (the step count after this step), got {step}")
+    params, grads, masks, dtype, device = _optimizer_lists(params, grads, masks)
+    moments = []
+    for name, tensors in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        moments.append(_same_as_params(name, _as_list(name, tensors), params, dtype, device, writable=True)
+                       if params else _as_list(name, tensors))
+    maxima = _as_list("max_exp_avg_sqs", max_exp_avg_sqs)
+    if maxima:
+        maxima = _same_as_params("max_exp_avg_sqs", maxima, params, dtype, device, writable=True)
+    return (params, grads, moments[0], moments[1], maxima, masks, scalars["lr"], scalars["beta1"],
+            scalars["beta2"], scalars["eps"], scalars["weight_decay"], scalars["step"], bool(decoupled),
+            bool(maximize))
+
+
 CONTRACTS: dict[str, Callable[..., tuple]] = {
     "truncate_grads_": truncate_grads_,
     "pack_mask": pack_mask,
@@ -284,4 +390,6 @@ CONTRACTS: dict[str, Callable[..., tuple]] = {
     "gemminer_mask": gemminer_mask,
     "gemminer_mask_backward": gemminer_mask_backward,
     "gemminer_step_": gemminer_step_,
+    "masked_sgd_": masked_sgd_,
+    "masked_adam_": masked_adam_,
 }

@@ -10,6 +10,7 @@ from sparseticket.reference.columns import scale_columns
 from sparseticket.reference.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
 from sparseticket.reference.kth import digit_histogram, kth_value
 from sparseticket.reference.masks import mask_distances, pack_mask, unpack_mask
+from sparseticket.reference.optim import masked_adam_, masked_sgd_
 from sparseticket.reference.truncate import truncate_grads_
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "gemminer_step_",
     "kth_value",
     "mask_distances",
+    "masked_adam_",
+    "masked_sgd_",
     "pack_mask",
     "scale_columns",
     "truncate_grads_",
