@@ -126,9 +126,8 @@ class Job:
     def fine_tuning(self, ticket: Ticket, pristine: nn.Module) -> FineTuning:
         """By default: the initial weights (``pristine``) with the ticket's mask, masked gradients."""
         model = copy.deepcopy(pristine)
-        ticket.apply_(model)
         optimizer, scheduler = finetune_optimizer(model, self.schedule, self.steps_per_epoch)
-        return FineTuning(model, optimizer, scheduler, after_backward=(ticket.gradient_mask(model),),
+        return FineTuning(model, ticket.optimizer(model, optimizer), scheduler,  # applies the ticket
                           plans=tuple(EpochPlan(epoch) for epoch in range(self.schedule.finetune_epochs)))
 
     def fine_tunes(self) -> bool:
@@ -240,6 +239,8 @@ class IMPJob(Job):
         self.rewind_at = parse_rewind_step(options.pop("rewind_step", 0), per_epoch, self.round_steps)
         self.method = METHODS[name](model, rewind_step=self.rewind_at, **options)
         self.optimizer, self.scheduler = search_optimizer(model, schedule, self.round_steps, per_epoch)
+        if not self.method.sharded:  # the fused masked SGD step: no per-step masking pass
+            self.optimizer = self.method.optimizer(self.optimizer)
         self.rounds = imp_rounds(self.density, self.method.rate)
         start = self.rewind_at // per_epoch  # a later round's first epoch, from batch k % per_epoch
         self.later = [(epoch, self.rewind_at % per_epoch if epoch == start else 0)
@@ -297,7 +298,7 @@ class IMPJob(Job):
                               after_step=(self.method.after_step,),
                               plans=tuple(EpochPlan(epoch, skip) for epoch, skip in self.later), phase="search")
         optimizer, scheduler = finetune_optimizer(self.model, self.schedule, self.steps_per_epoch)
-        return FineTuning(self.model, optimizer, scheduler, after_backward=(ticket.gradient_mask(self.model),),
+        return FineTuning(self.model, ticket.optimizer(self.model, optimizer), scheduler,
                           plans=tuple(EpochPlan(epoch) for epoch in range(self.schedule.finetune_epochs)))
 
     def rewound_copy(self, batches: Callable[[int], Iterable[Batch]]) -> nn.Module:
@@ -316,9 +317,9 @@ class IMPJob(Job):
         for mask, source in zip(masked.masks, self.method.masks):
             mask.copy_(source)
         masked.apply_masks()
+        optimizer = masked.optimizer(optimizer)  # the fused masked step: no per-step hooks needed
         for epoch, skip in self.later:
-            train_steps(twin, _skipped(batches(epoch), skip), optimizer=optimizer, scheduler=scheduler,
-                        after_backward=(masked.after_backward,), after_step=(masked.after_step,))
+            train_steps(twin, _skipped(batches(epoch), skip), optimizer=optimizer, scheduler=scheduler)
         return twin
 
     def report(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from sparseticket.methods.baselines import (
 from sparseticket.methods.earlybird import EarlyBird
 from sparseticket.methods.gemminer import GemMiner
 from sparseticket.methods.imp import IMP
+from sparseticket.methods.masked_optimizer import masked_optimizer
 from sparseticket.methods.protocol import METHOD_HOOKS, Method
 from sparseticket.methods.registry import BASELINES, METHODS, channel_methods, weight_methods
 from sparseticket.methods.sanity import inverted_ticket, reinitialized, sanity_checks, shuffled_ticket
@@ -21,6 +22,7 @@ from sparseticket.methods.transformer import attach_slimming, prune_transformer
 from sparseticket.methods.worm import WORM
 
 __all__ = [
+    "masked_optimizer",
     "BASELINES",
     "IMP",
     "METHODS",

@@ -55,6 +55,7 @@ from sparseticket.methods.distributed import (
     sharded_tie_quotas,
     unwrap,
 )
+from sparseticket.methods.masked_optimizer import mask_optimizer_state, masked_optimizer, safe_with_masked_state
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import prunable_weights
 from sparseticket.ops import TruncationPlan, kth_value, memory_order, sharded_kth_value, truncate_grads_
@@ -187,6 +188,8 @@ class IMP:
         self.round = 0
         self.epoch = 0  # epoch_end calls so far
         self._saved: dict[str, Any] | None = None
+        self._optimizer: torch.optim.Optimizer | None = None  # known from capture() or optimizer()
+        self._fused = False  # optimizer() handed out a fused masked optimizer: no per-step passes
 
     def _check_weights_current(self) -> None:
         """The weights must still be the model's: ``fully_shard`` after IMP replaces them."""
@@ -228,6 +231,8 @@ class IMP:
         if scheduler is not None and optimizer is None and "_last_lr" not in scheduler.state_dict():
             raise ValueError(f"capture: {type(scheduler).__name__} does not record the learning rates it set "
                              "(_last_lr): pass its optimizer too, so that rewind() restores them")
+        if optimizer is not None:
+            self._know_optimizer(optimizer)
         self._saved = {
             "model": {key: value.detach().clone() for key, value in self.model.state_dict().items()},
             "optimizer": (optimizer, copy.deepcopy(optimizer.state_dict())) if optimizer is not None else None,
@@ -246,6 +251,7 @@ class IMP:
         if self._saved["scheduler"] is not None and self._saved["optimizer"] is None:
             _restore_learning_rates(*self._saved["scheduler"])
         self.apply_masks()
+        self._mask_optimizer_state()
 
     # ------------------------------------------------------------ pruning
     @torch.no_grad()
@@ -280,6 +286,7 @@ class IMP:
         assert_same_on_all_ranks(torch.cat([mask.reshape(-1) for mask in self.masks]),
                                  f"IMP's masks (round {self.round})")
         self.apply_masks()
+        self._mask_optimizer_state()
         return self.density
 
     def _exact_prunes(self, count: int) -> list[torch.Tensor]:
@@ -335,15 +342,50 @@ class IMP:
         for score, mask, quota in zip(scores, self.masks, quotas):
             mask &= ~_layer_pruned(score, threshold, mask, quota)[0]
         self.apply_masks()
+        self._mask_optimizer_state()
         left = self._global_survivors = self._count_survivors()
         if left != survivors - count:
             raise RuntimeError(f"IMP (sharded): pruned {survivors - left} weights instead of {count}; "
                                "are the FSDP2 shards in rank order along dim 0?")
         return left / self._total
 
+    # ------------------------------------------------------------ optimizer
+    def optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The drop-in fused masked optimizer of your ``torch.optim.SGD``/``Adam``/``AdamW``:
+        ``optimizer = imp.optimizer(optimizer)``. Its ``step()`` is one pass that also keeps the pruned
+        weights and their state at 0, so ``after_backward`` and ``after_step`` do nothing from then on
+        (call them or not). It shares param groups, state and hooks with ``optimizer``: a scheduler made
+        for either drives both; use the returned one. Single process or DDP (not FSDP2 shards).
+        Gradients of pruned weights stay in ``.grad`` (the step never reads them): if you clip
+        gradients by norm, call ``zero_pruned_gradients()`` before clipping to clip as before."""
+        if self.sharded:
+            raise ValueError("IMP.optimizer: the fused masked step works on whole weights, not FSDP2 shards; "
+                             "keep the optimizer and IMP's after_backward/after_step hooks")
+        self._check_layouts()
+        fused = masked_optimizer(optimizer, dict(zip(self.weights, self.masks)))
+        self._know_optimizer(fused)
+        self._fused = True
+        return fused
+
+    def _know_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Remember the optimizer whose state ``prune_round``/``rewind`` mask (and mask it now)."""
+        self._optimizer = optimizer
+        self._mask_optimizer_state()
+
+    def _mask_optimizer_state(self) -> None:
+        if self._optimizer is not None and not self.sharded:
+            mask_optimizer_state(self._optimizer, dict(zip(self.weights, self.masks)))
+
     # ------------------------------------------------------------ training hooks
     def after_backward(self) -> None:
-        """Zero the gradients of pruned weights (one fused call); between backward and step."""
+        """Zero the gradients of pruned weights (one fused call); between backward and step.
+        Nothing to do under ``imp.optimizer(...)``'s fused step, which never reads them."""
+        if self._fused:
+            return
+        self.zero_pruned_gradients()
+
+    def zero_pruned_gradients(self) -> None:
+        """Zero the gradients of pruned weights now (one fused call), whatever optimizer steps."""
         if not self.sharded:
             if self._grad_plan is None:  # the masks are edited in place: one plan serves every round
                 self._check_layouts()
@@ -356,11 +398,16 @@ class IMP:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Zero the pruned weights again after ``optimizer.step()``.
+        """Zero the pruned weights again after ``optimizer.step()``, when that is needed.
 
-        Needed: zero gradients alone do not pin a weight, because a momentum buffer restored by
-        ``rewind`` (or Adam's moments) still moves it.
+        Not needed (nothing is done) under ``imp.optimizer(...)``'s fused step, nor when IMP knows the
+        optimizer (passed to ``capture``) and it is ``torch.optim.SGD``/``Adam``/``AdamW``: their state
+        is masked at every ``prune_round``/``rewind``, and then masked gradients alone keep pruned
+        weights at 0. Otherwise a momentum buffer restored by ``rewind`` (or another optimizer's state)
+        could still move a pruned weight, and this pass pins it.
         """
+        if self._fused or (self._optimizer is not None and safe_with_masked_state(self._optimizer)):
+            return
         self.apply_masks()
 
     @torch.no_grad()
@@ -449,6 +496,8 @@ class IMP:
                 mask.copy_(saved)
         if self.sharded:
             self._global_survivors = self._count_survivors()
+        if optimizer is not None:
+            self._know_optimizer(optimizer)  # as capture() would have: its state is masked from now on
         self.round = int(state["round"])
         self.epoch = int(state.get("epoch", 0))  # states saved before the epoch count: 0
 

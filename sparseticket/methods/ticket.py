@@ -20,6 +20,7 @@ from torch.nn.utils import prune
 
 from sparseticket.files import atomic_write
 from sparseticket.methods.distributed import unwrap
+from sparseticket.methods.masked_optimizer import mask_optimizer_state, masked_optimizer
 from sparseticket.ops import TruncationPlan
 
 FORMAT = "sparseticket-ticket/1"
@@ -144,3 +145,25 @@ class Ticket:
         return TruncationPlan([parameters[name] for name in self.masks],
                               [torch.empty_like(parameters[name], dtype=torch.bool).copy_(mask)  # its memory format
                                for name, mask in self.masks.items()])
+
+    def optimizer(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Fine-tune the ticket with your own ``torch.optim.SGD``/``Adam``/``AdamW`` at no extra pass:
+        ``optimizer = ticket.optimizer(model, optimizer)`` returns the drop-in fused masked optimizer
+        (``sparseticket.methods.masked_optimizer``), whose ``step()`` keeps every pruned weight (and
+        the scales and shifts of pruned channels) and its state at exactly 0: no ``gradient_mask``
+        hook and no ``apply_`` after each step. The pruned weights of ``model`` are zeroed now, and so
+        is their entry in any state the optimizer already holds."""
+        parameters = self._parameters(model)
+        masks: dict[torch.Tensor, torch.Tensor] = {}
+        for name, mask in self.masks.items():
+            parameter = parameters[name]
+            masks[parameter] = torch.empty_like(parameter, dtype=torch.bool).copy_(mask)  # its memory format
+        modules = dict(unwrap(model).named_modules())
+        for name, mask in self.channel_masks.items():
+            module = modules.get(name)
+            for tensor in (getattr(module, "weight", None), getattr(module, "bias", None)):
+                if isinstance(tensor, nn.Parameter) and tensor.shape == mask.shape:
+                    masks[tensor] = mask.to(tensor.device)
+        self.apply_(model)
+        mask_optimizer_state(optimizer, masks)
+        return masked_optimizer(optimizer, masks)

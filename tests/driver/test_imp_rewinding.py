@@ -173,7 +173,9 @@ class Recorder:
                 "momentum": {index: job.optimizer.state[p]["momentum_buffer"].clone()
                              for index, p in enumerate(parameters) if "momentum_buffer" in job.optimizer.state[p]},
                 "last_epoch": job.scheduler.last_epoch,
-                "masks": {name: mask.clone() for name, mask in zip(job.method.names, job.method.masks)}}
+                "masks": {name: mask.clone() for name, mask in zip(job.method.names, job.method.masks)},
+                "parameter_masks": {index: mask.clone() for index, p in enumerate(parameters)
+                                    for weight, mask in zip(job.method.weights, job.method.masks) if weight is p}}
 
     def round_steps(self, round_: int) -> list[dict]:
         return [record for record in self.steps if record["round"] == round_]
@@ -208,8 +210,9 @@ def test_every_round_replays_round_one_from_step_k(tmp_path, monkeypatch, rewind
         start, captured = recorder.states[(round_, "start")], recorder.states[(1, "k")]
         assert start["last_epoch"] == captured["last_epoch"] == k
         assert start["momentum"].keys() == captured["momentum"].keys() and (k > 0) == bool(captured["momentum"])
-        for index, buffer in captured["momentum"].items():
-            assert torch.equal(start["momentum"][index], buffer)
+        for index, buffer in captured["momentum"].items():  # the step-k momentum, pruned entries zeroed
+            mask = start["parameter_masks"].get(index)
+            assert torch.equal(start["momentum"][index], buffer if mask is None else buffer * mask)
         for name, value in captured["weights"].items():  # the step-k weights and BN buffers, pruned ones zero
             mask = start["masks"].get(name)
             assert torch.equal(start["weights"][name], value if mask is None else value * mask), name

@@ -120,13 +120,19 @@ def test_rewind_restores_weights_and_optimizer_state():
     for key in ("0.bias", "2.bias", "4.weight", "4.bias"):
         assert torch.equal(model.state_dict()[key], captured[key])
     assert scheduler.last_epoch == 1 and optimizer.param_groups[0]["lr"] == 0.025
-    for index, state in captured_optimizer["state"].items():
-        assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"])
+    # the captured momentum, with the entries of the weights pruned since then zeroed
+    masks = {index: mask for index, mask in zip((0, 2), imp.masks)}  # 0.weight, 2.weight in parameter order
+    expected = {index: state["momentum_buffer"] * masks[index] if index in masks else state["momentum_buffer"]
+                for index, state in captured_optimizer["state"].items()}
+    assert any((state["momentum_buffer"][~masks[index]] != 0).any() for index, state
+               in captured_optimizer["state"].items() if index in masks)  # there was momentum to mask
+    for index, buffer in expected.items():
+        assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], buffer)
     # a second round rewinds to the same state: training after the first rewind did not edit it
     sgd_steps(model, imp, optimizer, 5, seed=2)
     imp.rewind()
-    for index, state in captured_optimizer["state"].items():
-        assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], state["momentum_buffer"])
+    for index, buffer in expected.items():
+        assert torch.equal(optimizer.state_dict()["state"][index]["momentum_buffer"], buffer)
 
 
 def test_rewinding_a_scheduler_alone_restores_its_learning_rate():
@@ -183,7 +189,23 @@ def test_pruned_weights_stay_exactly_zero_under_momentum_and_weight_decay():
         assert (layer.weight[mask] != 0).all()
 
 
-def test_after_step_is_needed_after_a_rewind_with_momentum():
+def test_after_step_is_needed_when_imp_does_not_know_the_optimizer():
+    model = mlp()
+    imp = IMP(model, rate=0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sgd_steps(model, imp, optimizer, 5, seed=0)
+    imp.prune_round()  # the optimizer's momentum is not IMP's to mask: nobody passed it
+    optimizer.zero_grad()
+    model(torch.randn(8, 6)).sum().backward()
+    imp.after_backward()
+    optimizer.step()
+    assert (model[0].weight[~imp.masks[0]] != 0).any()  # the momentum moved them despite zero gradients
+    imp.after_step()
+    assert (model[0].weight[~imp.masks[0]] == 0).all()
+
+
+def test_a_captured_optimizer_has_its_momentum_masked_at_rewind():
+    """The rewound momentum of pruned weights is zeroed with them: zero gradients then keep them at 0."""
     model = mlp()
     imp = IMP(model, rate=0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -191,13 +213,11 @@ def test_after_step_is_needed_after_a_rewind_with_momentum():
     imp.capture(optimizer)
     imp.prune_round()
     imp.rewind()
+    assert (optimizer.state[model[0].weight]["momentum_buffer"][~imp.masks[0]] == 0).all()
     optimizer.zero_grad()
     model(torch.randn(8, 6)).sum().backward()
     imp.after_backward()
-    optimizer.step()
-    pruned = model[0].weight[~imp.masks[0]]
-    assert (pruned != 0).any()  # the restored momentum moved them despite zero gradients
-    imp.after_step()
+    optimizer.step()  # no after_step
     assert (model[0].weight[~imp.masks[0]] == 0).all()
 
 
