@@ -17,6 +17,7 @@ import torch
 
 from sparseticket.cli import distributed, presets
 from sparseticket.cli.config import RunConfig, is_channel_method, method_choices
+from sparseticket.cli.deploy import add_deploy_parser, run_deploy
 from sparseticket.cli.report import summarize_compare, summarize_search
 from sparseticket.driver.threads import choose_threads
 from sparseticket.methods.convention import CONVENTIONS
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="build into the cache even when the install-time kernels load")
     commands.add_parser("reproduce", help="the papers' claims on the built-in task, over seeds (claims.md)",
                         add_help=False)  # its own flags: sparseticket.studies.claims
+    add_deploy_parser(commands)
     return parser
 
 
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             _info()
         elif arguments.command == "build":
             code = _build(arguments)
+        elif arguments.command == "deploy":
+            code = run_deploy(arguments)
         else:
             processes = distributed.start(_device(arguments), arguments.dist_timeout)
             rank = f" (rank {processes.rank})" if processes.distributed else ""

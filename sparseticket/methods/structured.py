@@ -78,8 +78,13 @@ def prune_channels(
     example_inputs: ExampleInputs,
     *,
     measure_latency: bool = True,
+    round_to: int | None = None,
 ) -> tuple[nn.Module, PruneReport]:
-    """A physically smaller deep copy of `model` without the masked-out BN channels, and a report."""
+    """A physically smaller deep copy of `model` without the masked-out BN channels, and a report.
+
+    ``round_to=N`` (as Torch-Pruning's ``round_to``): every BN keeps a multiple of N channels (or all of
+    them), adding its largest-|gamma| pruned channels; ``PruneReport.kept_channels`` is the mask kept."""
+    _check_round_to(round_to)
     masks = _validate_masks(model, channel_masks)
     example_inputs = _as_call_inputs(example_inputs)
     pruned = copy.deepcopy(model)
@@ -87,7 +92,7 @@ def prune_channels(
     bns = {name: pruned.get_submodule(name) for name in masks}
     with _preserved_modes(pruned):
         graph = tp.DependencyGraph().build_dependency(pruned, example_inputs, verbose=False)
-    keep = _coupled_keep(graph, bns, masks)
+    keep = _coupled_keep(graph, bns, masks, round_to)
     _remove_channels(graph, bns, keep)
     params_after, macs_after, latency_after = measure_model(pruned, example_inputs, measure_latency)
     report = PruneReport(
@@ -206,9 +211,11 @@ def _out_items(
 
 
 def _coupled_keep(
-    graph: tp.DependencyGraph, bns: dict[str, _BatchNorm], masks: dict[str, torch.Tensor]
+    graph: tp.DependencyGraph, bns: dict[str, _BatchNorm], masks: dict[str, torch.Tensor],
+    round_to: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Effective keep mask per BN: union over coupled masks, forced on for protected channels, never empty."""
+    """Effective keep mask per BN: union over coupled masks, forced on for protected channels, never empty,
+    each count a multiple of ``round_to`` (or the BN's width) when given."""
     name_of = {bn: name for name, bn in bns.items()}
     keep = {}
     for name, bn in bns.items():
@@ -226,7 +233,56 @@ def _coupled_keep(
     for name, bn in bns.items():
         if not keep[name].any():
             _force_keep(graph, bn, _largest_gamma(bn), keep, name_of)
+    if round_to:
+        _round_keep(graph, bns, keep, name_of, round_to)
     return keep
+
+
+def _check_round_to(round_to: int | None) -> None:
+    """ValueError unless ``round_to`` is None or an integer >= 1."""
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
+
+
+def _rounded_count(kept: int, width: int, round_to: int) -> int:
+    """``kept`` rounded up to a multiple of ``round_to``, at most ``width``."""
+    return min(-(-kept // round_to) * round_to, width)
+
+
+def _round_keep(
+    graph: tp.DependencyGraph,
+    bns: dict[str, _BatchNorm],
+    keep: dict[str, torch.Tensor],
+    name_of: dict[_BatchNorm, str],
+    round_to: int,
+) -> None:
+    """Grow each BN's keep mask to a multiple of ``round_to`` (at most its width) with its largest-|gamma|
+    pruned channels, and keep every channel coupled to them; repeated until no mask changes (a coupled
+    channel can leave an earlier BN off its multiple)."""
+    for _ in range(sum(bn.num_features for bn in bns.values()) + 1):
+        changed = False
+        for name, bn in bns.items():
+            target = _rounded_count(int(keep[name].sum()), bn.num_features, round_to)
+            scale = bn.weight.detach().abs().cpu() if bn.affine else torch.zeros(bn.num_features)
+            for channel in torch.argsort(-scale, stable=True).tolist():
+                if int(keep[name].sum()) >= target:
+                    break
+                if not keep[name][channel]:
+                    _force_keep(graph, bn, channel, keep, name_of)
+                    changed = True
+        if not changed:
+            return
+
+
+def round_channel_mask(mask: torch.Tensor, scale: torch.Tensor, round_to: int) -> torch.Tensor:
+    """``mask`` grown to a multiple of ``round_to`` kept entries (at most all), adding the pruned entries of
+    largest |``scale``| first (ties: the lower index)."""
+    _check_round_to(round_to)
+    mask = mask.detach().cpu().clone()
+    missing = _rounded_count(int(mask.sum()), mask.numel(), round_to) - int(mask.sum())
+    order = [index for index in torch.argsort(-scale.detach().abs().cpu(), stable=True).tolist() if not mask[index]]
+    mask[order[:missing]] = True
+    return mask
 
 
 def _largest_gamma(bn: _BatchNorm) -> int:
@@ -280,24 +336,39 @@ def prune_model(
     example_inputs: ExampleInputs,
     *,
     measure_latency: bool = True,
+    round_to: int | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Prune BatchNorm channels (``prune_channels``) or transformer heads/FFN neurons
     (``prune_transformer``, for slimming coefficients), whichever the masks name. A model
-    wrapped in ``DistributedDataParallel`` is pruned as its bare module (wrap the result again)."""
+    wrapped in ``DistributedDataParallel`` is pruned as its bare module (wrap the result again).
+
+    ``round_to=N``: BN channels and FFN neurons kept per layer are a multiple of N (or all of them),
+    the largest-|gamma| (|coefficient|) pruned ones added; heads are kept as masked (a head is
+    ``head_dim`` features wide). ``PruneReport.kept_channels`` holds the masks actually kept."""
     from sparseticket.methods.bn_channels import ChannelCoefficients
 
     model = unwrap(model)
     modules = dict(model.named_modules())
     slimming = {name for name in channel_masks if isinstance(modules.get(name), ChannelCoefficients)}
     if not slimming:
-        return prune_channels(model, channel_masks, example_inputs, measure_latency=measure_latency)
+        return prune_channels(model, channel_masks, example_inputs, measure_latency=measure_latency,
+                              round_to=round_to)
     if slimming != set(channel_masks):
         raise ValueError("channel_masks mixes BatchNorm channels and slimming coefficients; "
                          "prune a model that has one kind")
-    from sparseticket.methods.transformer import prune_transformer
+    from sparseticket.methods.transformer import FFN, prune_transformer
 
+    _check_round_to(round_to)
+    kept = {}
+    for name, mask in channel_masks.items():
+        scale = modules[name].weight
+        mask = mask.detach().cpu().clone()
+        if mask.shape == scale.shape and not mask.any():  # prune_transformer keeps the largest one
+            mask[int(scale.detach().abs().argmax())] = True
+        if round_to and name.endswith(FFN) and mask.shape == scale.shape:
+            mask = round_channel_mask(mask, scale, round_to)
+        kept[name] = mask
     before = measure_model(model, example_inputs, measure_latency)
-    pruned = prune_transformer(model, channel_masks)
+    pruned = prune_transformer(model, kept)
     after = measure_model(pruned, example_inputs, measure_latency)
-    kept = {name: mask.detach().cpu().clone() for name, mask in channel_masks.items()}
     return pruned, PruneReport(before[0], after[0], before[1], after[1], before[2], after[2], kept)

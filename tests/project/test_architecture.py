@@ -20,7 +20,7 @@ LAYERS = [
     ("sparseticket.ops",),
     ("sparseticket.methods",),
     ("sparseticket.builtin",),
-    ("sparseticket.driver",),
+    ("sparseticket.driver", "sparseticket.deploy"),
     ("sparseticket.reporting",),
     ("sparseticket.integrations",),
     ("sparseticket.cli", "sparseticket.studies", "sparseticket.demo", "sparseticket.__main__"),
