@@ -209,6 +209,29 @@ def correctness(device: torch.device, dry: bool) -> dict:
         got = [scores.to(device), buffer.to(device)]
         kernels.gemminer_step_(got[0], grads.to(device), got[1], flags.to(device), 0.1, 0.9, 1e-4)
         same(f"gemminer_step_ ({dtype})", got, want, exact=False)
+        # the masked optimizer steps compute in float32 and round once: the float32 reference, rounded
+        params = [torch.randn(n, generator=generator).to(dtype) for n in sizes[:3]]
+        step_grads = [torch.randn_like(p) for p in params]
+        masks = [torch.rand(p.shape, generator=generator) > 0.3 for p in params]
+        grads32 = [g.float() for g in step_grads]
+        for first in (True, False):
+            want = [[p.float() for p in params], [torch.ones_like(p, dtype=torch.float32) for p in params]]
+            reference.masked_sgd_(want[0], grads32, want[1], masks, 0.1, 1e-4, 0.9, 0.0, True, False, first)
+            got = [[p.to(device) for p in params], [torch.ones_like(p).to(device) for p in params]]
+            kernels.masked_sgd_(got[0], [g.to(device) for g in step_grads], got[1], [m.to(device) for m in masks],
+                                0.1, 1e-4, 0.9, 0.0, True, False, first)
+            same(f"masked_sgd_ ({dtype}, first={first})", got[0] + got[1],
+                 [t.to(dtype) for t in want[0] + want[1]], exact=False)
+        for decoupled in (True, False):
+            state = [[torch.rand_like(p) * 0.1 for p in params] for _ in range(3)]
+            want = [[t.float() for t in ts] for ts in ([*params], *state)]
+            reference.masked_adam_(want[0], grads32, want[1], want[2], want[3], masks, 1e-2, 0.9, 0.999, 1e-8,
+                                   1e-2, 3.0, decoupled, False)
+            want = [[t.to(dtype) for t in ts] for ts in want]
+            got = [[t.to(device) for t in ts] for ts in ([*params], *state)]
+            kernels.masked_adam_(got[0], [g.to(device) for g in step_grads], got[1], got[2], got[3],
+                                 [m.to(device) for m in masks], 1e-2, 0.9, 0.999, 1e-8, 1e-2, 3.0, decoupled, False)
+            same(f"masked_adam_ ({dtype}, amsgrad, decoupled={decoupled})", sum(got, []), sum(want, []), exact=False)
         for rows, groups, width in column_shapes:
             scale_columns_checks(f"{str(dtype).removeprefix('torch.')}, {rows}x{groups * width}/{width}",
                                  rows, groups, width, dtype, dtype)
@@ -333,6 +356,7 @@ def speed(device: torch.device, dry: bool, repeats: int) -> dict:
     import shapes as real
 
     import sparseticket.ops as ops
+    from sparseticket.methods.masked_optimizer import masked_optimizer
 
     timed = _timer(device, repeats)
     deadline = time.perf_counter() + SPEED_BUDGET_S  # torch.compile columns stop here
@@ -398,7 +422,25 @@ def speed(device: torch.device, dry: bool, repeats: int) -> dict:
         def mask_loop():
             return [w * ((s > 0.5) & f) for w, s, f in zip(weights, layer_scores, layer_flags)]
 
+        masked_params = [nn.Parameter(w.clone()) for w in weights]
+        for param, grad in zip(masked_params, grads):
+            param.grad = grad
+        dense_sgd = torch.optim.SGD(masked_params, lr=1e-3, momentum=0.9, weight_decay=1e-4, fused=True)
+        masked_sgd = masked_optimizer(torch.optim.SGD(masked_params, lr=1e-3, momentum=0.9, weight_decay=1e-4),
+                                      dict(zip(masked_params, keep)))
+        dense_sgd.step()
+        masked_sgd.step()  # state exists before timing
+
+        def two_pass_sgd():
+            torch._foreach_mul_(grads, factors)
+            dense_sgd.step()
+            with torch.no_grad():
+                torch._foreach_mul_(masked_params, factors)
+
         groups = {
+            "masked SGD step (IMP)": (masked_sgd.step, {"peer_dense_fused_sgd": dense_sgd.step,
+                                                        "peer_fused_sgd_two_pass": two_pass_sgd},
+                                      numel * 21, None),
             "EB L1 + WORM scale": (lambda: ops.truncate_grads_(gamma_grads, keep_bn, scale=0.003, params=gammas,
                                                                 l1=1e-4),
                                    {"official_loop": eb_loop, "peer_foreach": eb_foreach},

@@ -75,6 +75,15 @@ WORM_SCALE_PEER: EagerOps = (("torch._foreach_mul_(grads, float_factors)", 3 * F
 FOREACH_MAX_TENSORS = 110  # tensors per multi_tensor_apply launch (lists of depth 2-3, CUDA)
 FOREACH_MAX_BLOCKS = 320  # chunks per launch
 FOREACH_CHUNK = 65536  # elements per chunk
+# IMP's step without the fused masked optimizer: torch's fastest dense step (fused=True, one
+# multi-tensor kernel) plus the two masking passes (pruned gradients, then pruned weights).
+SGD_FUSED_DENSE = 5 * F32  # read weight, grad, momentum; write weight, momentum
+ADAMW_FUSED_DENSE = 7 * F32  # read weight, grad, two moments; write weight, two moments
+MASK_PASSES_PEER: EagerOps = (("torch._foreach_mul_(grads, float_masks)", 3 * F32),
+                              ("torch._foreach_mul_(params, float_masks)", 3 * F32))
+SGD_LOOP_EAGER: EagerOps = (  # torch.optim.SGD's for-loop, then the two masks, per layer
+    ("d = g.add(p, alpha=wd)", 3 * F32), ("buf.mul_(momentum)", 2 * F32), ("buf.add_(d)", 3 * F32),
+    ("p.add_(buf, alpha=-lr)", 3 * F32), ("g.mul_(mask)", 2 * F32 + BOOL), ("p.mul_(mask)", 2 * F32 + BOOL))
 MASK_DISTANCE_NEW_EAGER: EagerOps = (("new = importance > threshold", F32 + BOOL),)
 MASK_DISTANCE_ROW_EAGER: EagerOps = (("x = new ^ history[r]", 3 * BOOL), ("d[r] = x.sum()", BOOL))
 MASK_DISTANCE_RUNS_EAGER: EagerOps = (
@@ -234,6 +243,16 @@ def mask_distances_eager(shapes: Sequence[Shape], rows: int = HISTORY_ROWS) -> C
     return cost
 
 
+def masked_step_fused(shapes: Sequence[Shape], dense_bytes: int) -> Cost:
+    """masked_sgd_/masked_adam_: the dense step's traffic plus the mask (1 B per weight), one launch."""
+    return Cost(total(shapes) * (dense_bytes + BOOL), 1)
+
+
+def masked_step_peer(shapes: Sequence[Shape], dense_bytes: int) -> Cost:
+    """torch's fused dense step (one multi-tensor kernel per launch group) and two foreach mask passes."""
+    return Cost(total(shapes) * dense_bytes, foreach_launches(shapes)) + foreach_ops(shapes, MASK_PASSES_PEER)
+
+
 def network_parts(shapes: dict[str, list[Shape]]) -> tuple[list[Shape], list[Shape]]:
     """(prunable Conv/Linear weights, BN or LayerNorm vectors) of a network's shape dict."""
     prunable = shapes.get("conv", []) + shapes["linear"]
@@ -254,6 +273,10 @@ def network_rows(prunable: Sequence[Shape], norms: Sequence[Shape]) -> list[Row]
         Row("truncate_grads_ IMP (weights, per-element, scale 0)", "step",
             truncate_fused(prunable, False, False), foreach_ops(prunable, IMP_TRUNCATE_PEER),
             eager_loop(prunable, IMP_TRUNCATE_EAGER)),
+        Row("masked_sgd_ IMP/ticket step (SGD momentum + wd)", "step", masked_step_fused(prunable, SGD_FUSED_DENSE),
+            masked_step_peer(prunable, SGD_FUSED_DENSE), eager_loop(prunable, SGD_LOOP_EAGER)),
+        Row("masked_adam_ IMP/ticket step (AdamW)", "step", masked_step_fused(prunable, ADAMW_FUSED_DENSE),
+            masked_step_peer(prunable, ADAMW_FUSED_DENSE)),
         Row("gemminer_step_ (flat scores)", "step",
             gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER),
             eager_loop(prunable, GEMMINER_STEP_EAGER)),

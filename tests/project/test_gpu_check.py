@@ -24,6 +24,6 @@ def test_dry_run_passes_and_writes_its_report(tmp_path):
     assert report["cuda_graphs"]["status"] == "skipped"
     assert report["correctness"]["checked"] >= 70  # every op, three dtypes, odd sizes, lists
     assert {row["op"] for row in report["speed"]["rows"]} == {
-        "EB L1 + WORM scale", "IMP masked grads", "Gem-Miner score step", "global kth value",
+        "masked SGD step (IMP)", "EB L1 + WORM scale", "IMP masked grads", "Gem-Miner score step", "global kth value",
         "EB mask + distances", "Gem-Miner masked weights (forward)"}
     assert "DRY RUN" in (tmp_path / "RESULTS_GPU.md").read_text()
