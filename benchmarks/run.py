@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,10 +35,17 @@ def run_suite(networks: list[str], keyword: str | None, report: Path) -> dict:
     return json.loads(report.read_text())
 
 
+WAY = re.compile(r"^(fused|fused_plan|compiled|two_pass|peer_\w+|official_\w+|cat_\w+)$")
+
+
 def way_of(name: str) -> str:
-    """'test_x[resnet18-fused]' -> 'fused'."""
+    """'test_x[resnet18-fused]' -> 'fused', 'test_y[resnet18-two_pass-sgd]' -> 'two_pass': the id part
+    that names a way (else the last part)."""
     inside = name.partition("[")[2].rstrip("]")
-    return inside.rpartition("-")[2] if inside else name
+    if not inside:
+        return name
+    parts = inside.split("-")
+    return next((part for part in parts if WAY.match(part)), parts[-1])
 
 
 def tables(report: dict) -> tuple[str, dict[str, dict[str, float]]]:
