@@ -106,7 +106,7 @@ def test_network_shapes():
     assert 108e6 < sum(paper.total(part) for part in bert.values()) < 111e6
     prunable, norms = paper.network_parts(bert)
     assert (len(prunable), len(norms)) == (73, 25)
-    assert len(paper.network_rows(prunable, norms)) == 6
+    assert len(paper.network_rows(prunable, norms)) == 8
 
 
 def test_vector_width():
