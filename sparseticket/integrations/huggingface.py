@@ -5,6 +5,11 @@
     trainer.train()                              # stops at the epoch the ticket is drawn
     ticket = Ticket.load(f"{args.output_dir}/ticket.safetensors")
 
+IMP (and a ticket's fine-tuning) at no step cost: hand the Trainer the fused masked optimizer,
+``Trainer(..., optimizers=(imp.optimizer(torch.optim.AdamW(model.parameters())), None),
+callbacks=[SparseTicketCallback(imp)])`` (``ticket.optimizer(model, optimizer)`` for a ticket): its
+step keeps the pruned weights at 0, so the callback's ``after_backward``/``after_step`` do nothing.
+
 Where the hooks run (verified against transformers 5.24 ``Trainer._run_epoch`` and accelerate 1.15):
 
 - ``after_backward()`` in ``on_pre_optimizer_step``: once per optimizer step (only on the

@@ -7,6 +7,11 @@
     trainer = Trainer(callbacks=[SparseTicketCallback(eb)], max_epochs=160)
     trainer.fit(model, loader)                         # stops at the drawn epoch, writes ticket.safetensors
 
+IMP (and a ticket's fine-tuning) at no step cost: return the fused masked optimizer from
+``configure_optimizers`` (``return self.imp.optimizer(torch.optim.SGD(self.parameters(), lr=0.05))``,
+or ``ticket.optimizer(self.net, optimizer)``): its step keeps the pruned weights at 0, so the
+callback's ``after_backward``/``after_step`` do nothing.
+
 Where the hooks run, as read in the Lightning source this was written against (lightning 2.6.6,
 paths under ``lightning/pytorch/``):
 

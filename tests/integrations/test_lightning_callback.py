@@ -441,3 +441,22 @@ def test_the_core_package_does_not_import_lightning():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+# ----------------------------------------------------------------- the fused masked optimizer
+def test_imp_fused_optimizer_from_configure_optimizers_matches_the_two_pass_loop(tmp_path):
+    """configure_optimizers returns imp.optimizer(SGD): the fit equals a hand loop with IMP's two
+    passes bit for bit, and the pruned weights stay at exactly 0."""
+    net = make_net()
+    imp = IMP(net, rate=0.5)
+    imp.prune_round()
+    lit = Lit(net, optimizer=imp.optimizer(sgd(net.parameters())))
+    make_trainer(tmp_path, max_epochs=2, callbacks=[SparseTicketCallback(imp)]).fit(lit, loader())
+    assert type(lit.optimizer).__name__ == "MaskedSGD"
+    reference_net = make_net()
+    reference = IMP(reference_net, rate=0.5)
+    reference.prune_round()
+    hand_loop(reference_net, reference, 2, stop=False)
+    assert_same_weights(net, reference_net)
+    for weight, mask in zip(imp.weights, imp.masks):
+        assert not weight.detach()[~mask].any()
