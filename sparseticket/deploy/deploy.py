@@ -36,6 +36,7 @@ from sparseticket.deploy.measure import Measures, dense_macs, latencies, memory_
 from sparseticket.deploy.report import DeployReport
 from sparseticket.deploy.run_folder import load_run
 from sparseticket.deploy.sparse_linear import SparseLinear
+from sparseticket.driver.training import accuracy
 from sparseticket.methods import Ticket, prune_model
 
 BATCH_SIZES = (1, 64)
@@ -105,8 +106,11 @@ def deploy(source: str | os.PathLike | Ticket, model: nn.Module | None = None, *
     the formats are timed and the model runs on. ``batch_sizes``: latencies reported (and the batch
     sizes the Linear formats are timed at). ``repeats``: timed runs per latency (medians).
     ``formats``: sparse layouts tried for Linear layers (``"csr"``, ``"bsr"``; empty: all dense).
-    ``measure=False`` skips the latencies. Raises ``DeployMismatch`` if the deployed model's outputs
-    are off the masked dense model's by more than ``tolerance``."""
+    ``measure=False`` skips the latencies. A run folder's report also holds the test accuracy of the
+    ticket as drawn and of the deployed model (what coupled channels and ``round_to`` change).
+    Raises ``DeployMismatch`` if the deployed model's outputs are off the masked dense model's by more
+    than ``tolerance``."""
+    split = None
     if isinstance(source, Ticket):
         if model is None or example_inputs is None:
             raise ValueError("deploy(ticket, model, example_inputs=...): a Ticket needs its model and example inputs")
@@ -115,7 +119,7 @@ def deploy(source: str | os.PathLike | Ticket, model: nn.Module | None = None, *
         if model is not None:
             raise ValueError("deploy(run_folder): the run folder holds the model; pass no model")
         run = load_run(source)
-        ticket, model = run.ticket, run.model
+        ticket, model, split = run.ticket, run.model, run.split
         example_inputs = run.example_inputs if example_inputs is None else example_inputs
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")
@@ -157,4 +161,8 @@ def deploy(source: str | os.PathLike | Ticket, model: nn.Module | None = None, *
                                  latencies(slim, inputs, sizes, repeats=repeats))
     report = DeployReport(kind, ticket.method, str(device), round_to, dense_measures, deployed_measures, error,
                           layers, channels, notes)
+    if split is not None:  # a run folder: what the deployed masks (coupled, rounded) change in test accuracy
+        drawn = ticket.apply_(copy.deepcopy(base)).eval()
+        report.accuracy_drawn = accuracy(drawn, split.test_loader())
+        report.accuracy_deployed = accuracy(slim, split.test_loader())
     return DeployResult(slim.eval(), masked, deployed_ticket, inputs, report)

@@ -26,6 +26,10 @@ class DeployReport:
     layers: list[LayerFormat] = field(default_factory=list)  # weight tickets: each Linear's / Conv's format
     channels: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # BN: (ticket kept, kept, width)
     notes: list[str] = field(default_factory=list)
+    # run folders: test accuracy of the masked dense model with the ticket as drawn, and of the deployed
+    # model (the masks kept: coupled channels, round_to); None for a Ticket deployed without data
+    accuracy_drawn: float | None = None
+    accuracy_deployed: float | None = None
 
     def rows(self) -> list[tuple[str, float, float]]:
         """(label, dense, deployed) for each measure."""
@@ -44,6 +48,9 @@ class DeployReport:
             ratio = deployed / dense if dense else float("nan")
             lines.append(f"| {label} | {_fmt(dense)} | {_fmt(deployed)} | {ratio:.3f} |")
         lines += ["", f"outputs vs the masked dense model: max |difference| / max(1, max |output|) = {self.error:.2g}"]
+        if self.accuracy_drawn is not None and self.accuracy_deployed is not None:
+            lines.append(f"test accuracy: {self.accuracy_drawn:.4f} with the ticket as drawn, "
+                         f"{self.accuracy_deployed:.4f} deployed ({self.accuracy_deployed - self.accuracy_drawn:+.4f})")
         if self.layers:
             lines += ["", "| layer | kind | shape | density | format | timed (time / dense) |",
                       "|---|---|---|---:|---|---|"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparseticket.builtin.data import Split
 from sparseticket.builtin.datasets import load_dataset
 from sparseticket.builtin.models import build_model
 from sparseticket.methods import Ticket, attach_slimming
@@ -40,6 +41,7 @@ class RunSource:
     model: nn.Module
     example_inputs: torch.Tensor
     weights: str  # the file the weights came from
+    split: Split  # the run's data (its test split scores the deployed model)
 
 
 def check_run_folder(run_dir: str | Path) -> Path:
@@ -98,4 +100,4 @@ def load_run(run_dir: str | Path, *, examples: int = EXAMPLES) -> RunSource:
             weights = run_dir / "searched.pt"
             state = _load(weights)
         model.load_state_dict(_plain_state(state["model"]))
-    return RunSource(run_dir, config, ticket, model.eval(), split.test_images[:examples].clone(), weights.name)
+    return RunSource(run_dir, config, ticket, model.eval(), split.test_images[:examples].clone(), weights.name, split)

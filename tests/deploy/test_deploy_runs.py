@@ -9,6 +9,8 @@ from helpers import assert_same_outputs, digits, rebuilt, search_run, state_of, 
 from torch import nn
 
 from sparseticket.deploy import SparseLinear, deploy, export_program
+from sparseticket.deploy.run_folder import load_run
+from sparseticket.driver.training import accuracy
 from sparseticket.methods import Ticket
 
 
@@ -40,6 +42,15 @@ def test_channel_run_deploys_to_the_masked_model(tmp_path, method):
     rounded_reference = rebuilt(run)
     rounded_reference.load_state_dict(torch.load(run / "searched.pt", weights_only=True)["model"])
     assert_same_outputs(rounded.model, zero_channels(rounded_reference, rounded.ticket.channel_masks), digits())
+    # what round_to changes in test accuracy: the ticket as drawn vs the rounded ticket, by hand
+    test = load_run(run).split.test_loader()
+    drawn_reference = rebuilt(run)
+    drawn_reference.load_state_dict(torch.load(run / "searched.pt", weights_only=True)["model"])
+    tolerance = 2 / len(test.dataset)  # outputs equal to 1e-7: an argmax tie may still flip
+    assert rounded.report.accuracy_drawn == pytest.approx(
+        accuracy(zero_channels(drawn_reference, ticket.channel_masks), test), abs=tolerance)
+    assert rounded.report.accuracy_deployed == pytest.approx(accuracy(rounded_reference, test), abs=tolerance)
+    assert "test accuracy:" in rounded.report.table()
 
     if method != "earlybird":
         return  # one torch.export round trip from a channel run is enough (the CLI test exports WORM's kind too)
