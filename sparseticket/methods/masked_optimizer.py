@@ -143,7 +143,7 @@ class MaskedStep:
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         steps = [self.state[param]["step"] for param in params]
         torch._foreach_add_(steps, 1)
-        counts = torch.stack([step.reshape(()).to("cpu", torch.float64) for step in steps]).tolist()
+        counts = torch.stack(steps).tolist()  # one op and one read for the whole group, not one per parameter
         beta1, beta2 = (_float_of(beta) for beta in group["betas"])
         decoupled = isinstance(self, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay", False))
         scalars = {"lr": _float_of(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],

@@ -232,11 +232,14 @@ def test_channels_last_parameters(backend, generator):
     torch.testing.assert_close(actual[0], contiguous[0], rtol=2e-6, atol=1e-7)
 
 
-def test_empty_lists_and_empty_tensors(backend):
-    masked_sgd_([], [], [], [], lr=0.1, momentum=0.9)
+def test_empty_lists_and_empty_tensors(backend, generator):
+    masked_sgd_([], [], [], [], lr=0.1, momentum=0.9)  # nothing to do, no error
     masked_adam_([], [], [], [], lr=0.1, step=1)
-    empty = torch.empty(0)
-    masked_adam_([empty], [empty.clone()], [empty.clone()], [empty.clone()], lr=0.1, step=1)
+    params, grads = _tensors([(0,), (37,), (0, 4)], generator, steps=2)
+    actual = _adam_run(params, grads, ADAM_OPTIONS[1], True)[0]
+    expected = reference_run(_adam_run, params, grads, ADAM_OPTIONS[1], True)[0]
+    assert [tuple(tensor.shape) for tensor in actual] == [(0,), (37,), (0, 4)]
+    _assert_close(actual, expected)
 
 
 # ------------------------------------------------------------ bad input
