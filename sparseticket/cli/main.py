@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from sparseticket.cli import distributed, presets
-from sparseticket.cli.config import RunConfig, is_channel_method, method_choices
 from sparseticket.cli.deploy import add_deploy_parser, run_deploy
 from sparseticket.cli.report import summarize_compare, summarize_search
+from sparseticket.driver.config import RunConfig, is_channel_method, method_choices
 from sparseticket.driver.threads import choose_threads
 from sparseticket.methods.convention import CONVENTIONS
 
@@ -180,7 +180,7 @@ def _search(arguments: argparse.Namespace, processes: distributed.Processes) -> 
         config_path = arguments.resume / "config.json"
         if not config_path.exists():
             raise ValueError(f"--resume {arguments.resume}: no config.json there (not a run folder)")
-        config = RunConfig.from_json(config_path.read_text())
+        config = RunConfig.read(config_path)
         run_dir = arguments.resume
     else:
         config = _config(arguments)

@@ -17,7 +17,7 @@ import argparse
 from dataclasses import fields, replace
 from typing import Any
 
-from sparseticket.cli.config import RunConfig
+from sparseticket.driver.config import RunConfig
 
 _HARD: dict[str, Any] = {"augment": True, "model": "resnet20", "width": 16, "lr": 0.05, "momentum": 0.9,
                          "batch_size": 64, "epochs": 40, "finetune_epochs": 40}

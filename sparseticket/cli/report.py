@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from sparseticket.cli.config import is_channel_method
 from sparseticket.cli.files import write_text
+from sparseticket.driver.config import is_channel_method
 
 
 def _search_rows(result) -> list[tuple[str, str]]:

@@ -29,7 +29,6 @@ from torch import nn
 
 from sparseticket.builtin.datasets import load_dataset
 from sparseticket.builtin.models import build_model
-from sparseticket.cli.config import RunConfig
 from sparseticket.cli.files import (
     load_checkpoint,
     remove_leftover_temporaries,
@@ -38,6 +37,7 @@ from sparseticket.cli.files import (
     write_rows,
     write_text,
 )
+from sparseticket.driver.config import RunConfig
 from sparseticket.driver.data import TrainingData
 from sparseticket.driver.jobs import check_job, method_options
 from sparseticket.driver.processes import Processes
@@ -58,7 +58,7 @@ def finished_run(run_dir: Path, config: RunConfig) -> bool:
     plots is not finished: resuming it writes them."""
     config_path = run_dir / "config.json"
     return (config_path.exists() and (run_dir / "metrics.csv").exists() and (run_dir / "summary.md").exists()
-            and RunConfig.from_json(config_path.read_text()) == config)
+            and RunConfig.read(config_path) == config)
 
 
 def recorded_seconds(run_dir: Path) -> float:
@@ -173,9 +173,7 @@ class Search:
         # the recipe and options, the data, the model and the method built on a copy of it.
         schedule, options = schedule_of(config), options_of(config)
         finished = self.read_only = finished_run(run_dir, config)  # then nothing is written: nothing changes
-        start, before = time.perf_counter(), recorded_seconds(run_dir)
-        self._record_seconds = lambda: self._write(lambda: write_text(
-            run_dir / WALL_TIME_FILE, json.dumps({"seconds": before + time.perf_counter() - start})))
+        self._started, self._seconds_before = time.perf_counter(), recorded_seconds(run_dir)
         split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed,
                              augment=config.augment).to(self.device)
         torch.manual_seed(config.seed)
@@ -198,11 +196,17 @@ class Search:
         self._phase_start: dict[str, tuple[float, int]] = {}
         result = search.run()
         rows = result.rows
-        self._record_seconds()
+        seconds = self._seconds_before if finished else self._record_seconds()  # the figure the file keeps
         self._write(lambda: write_rows(run_dir / "metrics.csv", rows))
-        seconds = before if finished else before + time.perf_counter() - start
         return SearchResult(config, run_dir, result.ticket, result.accuracy, result.search_epochs,
                             result.finetune_epochs, seconds, rows, result.extra, finished_before=finished)
+
+    def _record_seconds(self) -> float:
+        """The run's wall seconds so far, summed over every process that worked on it, written to
+        wall_time.json (unless this process writes nothing) and returned."""
+        seconds = self._seconds_before + time.perf_counter() - self._started
+        self._write(lambda: write_text(self.run_dir / WALL_TIME_FILE, json.dumps({"seconds": seconds})))
+        return seconds
 
     def _log_row(self, row: dict, search: TicketSearch) -> None:
         """One line per epoch: phase, epoch, loss, accuracy, the method's metrics, the phase's ETA (and the

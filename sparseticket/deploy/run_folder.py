@@ -13,7 +13,6 @@ The network is rebuilt as the command line builds it (``build_model`` on the run
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from sparseticket.builtin.data import Split
 from sparseticket.builtin.datasets import load_dataset
 from sparseticket.builtin.models import build_model
+from sparseticket.driver.config import RunConfig
 from sparseticket.methods import Ticket, attach_slimming
 from sparseticket.methods.transformer import transformer_blocks
 
@@ -36,7 +36,7 @@ class RunSource:
     """What ``load_run`` read: the ticket, the network with the run's weights, example inputs."""
 
     run_dir: Path
-    config: dict
+    config: RunConfig  # the run's config.json
     ticket: Ticket
     model: nn.Module
     example_inputs: torch.Tensor
@@ -80,13 +80,12 @@ def _load(path: Path) -> dict:
 def load_run(run_dir: str | Path, *, examples: int = EXAMPLES) -> RunSource:
     """Read a finished run folder (ValueError naming what is missing otherwise)."""
     run_dir = check_run_folder(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = RunConfig.read(run_dir / "config.json")
     ticket = Ticket.load(run_dir / "ticket.safetensors")
-    split = load_dataset(config["data"], data_dir=config.get("data_dir"), seed=config.get("seed", 0),
-                         augment=config.get("augment", False))
+    split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, augment=config.augment)
     shape = split.train_images.shape
-    model = build_model(config["model"], classes=split.classes, in_channels=shape[1], image_size=shape[-1],
-                        width=config["width"])
+    model = build_model(config.model, classes=split.classes, in_channels=shape[1], image_size=shape[-1],
+                        width=config.width)
     if ticket.channel_masks:
         if transformer_blocks(model) and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                                  for m in model.modules()):

@@ -7,6 +7,7 @@ registered method, through one training loop (``training.train_steps``). The com
 - ``recipe``: ``Schedule``, the training recipe; ``schedules``: per-iteration LR schedules
 - ``data``: ``TrainingData``, the batches per phase and epoch; ``processes``: rank and device
 - ``training``: the training loop, evaluation, BatchNorm recalibration
+- ``config``: ``RunConfig``, every setting of a search (a run folder's ``config.json``)
 """
 
 from sparseticket.driver.data import TrainingData

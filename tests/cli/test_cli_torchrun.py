@@ -114,9 +114,9 @@ def test_torchrun_search_writes_once_and_resumes_after_ctrl_c(tmp_path):
 
 
 def test_global_batch_must_split_evenly_before_anything_is_written(tmp_path):
-    from sparseticket.cli.config import RunConfig
     from sparseticket.cli.distributed import Processes
     from sparseticket.cli.search import Search
+    from sparseticket.driver.config import RunConfig
 
     with pytest.raises(ValueError, match="must be a multiple of the number of processes"):
         Search(RunConfig(batch_size=63), tmp_path / "run", processes=Processes(rank=0, world_size=2)).run()

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from sparseticket.cli import search as search_module
-from sparseticket.cli.config import RunConfig
 from sparseticket.cli.main import main
 from sparseticket.cli.report import summarize_compare
 from sparseticket.cli.search import SearchResult
 from sparseticket.driver import search as driver_search
+from sparseticket.driver.config import RunConfig
 from sparseticket.methods import Ticket
 
 pytest.importorskip("matplotlib")

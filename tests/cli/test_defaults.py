@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sparseticket.cli.config import RunConfig
 from sparseticket.cli.main import _HELP, build_parser
+from sparseticket.driver.config import RunConfig
 from sparseticket.methods import IMP, WORM, EarlyBird, GemMiner
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "DEFAULTS.md"

@@ -8,9 +8,9 @@ from dataclasses import asdict
 
 import pytest
 
-from sparseticket.cli.config import RunConfig
 from sparseticket.cli.main import _config, build_parser, main
 from sparseticket.cli.presets import PRESETS, apply_preset
+from sparseticket.driver.config import RunConfig
 
 HARD = {"augment": True, "model": "resnet20", "width": 16, "lr": 0.05, "momentum": 0.9, "batch_size": 64,
         "epochs": 40, "finetune_epochs": 40}  # the pilot's setting, written out independently of presets.py

@@ -36,9 +36,10 @@ def test_deploy_writes_table_report_and_export(tmp_path, capsys):
         assert_same_outputs(program.module(), zero_channels(reference, ticket.channel_masks), digits())
 
 
-def _fake_run(folder, *, ticket: bool, summary: bool):
+def _fake_run(folder, *, ticket: bool, summary: bool, config: str | None = None):
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"method": "earlybird", "model": "vgg", "width": 8}))
+    config = json.dumps({"method": "earlybird", "model": "vgg", "width": 8}) if config is None else config
+    (folder / "config.json").write_text(config)
     if ticket:
         ticket = Ticket({}, "earlybird", channel_masks={"1": torch.ones(8, dtype=torch.bool)})
         ticket.save(folder / "ticket.safetensors")
@@ -52,6 +53,10 @@ def _fake_run(folder, *, ticket: bool, summary: bool):
     (lambda path: path.mkdir(), [], "not a run folder (no config.json)"),
     (lambda path: _fake_run(path, ticket=False, summary=False), [], "holds no ticket"),
     (lambda path: _fake_run(path, ticket=True, summary=False), [], "still in progress"),
+    (lambda path: _fake_run(path, ticket=True, summary=True, config="{broken"), [],
+     "{path}/config.json: config is not valid JSON"),
+    (lambda path: _fake_run(path, ticket=True, summary=True, config='{"method": "earlybird", "colour": 1}'), [],
+     "{path}/config.json: config has unknown keys: colour"),
     (None, ["--round-to", "0"], "--round-to must be >= 1, got 0"),
     (None, ["--round-to", "-8"], "--round-to must be >= 1, got -8"),
     (None, ["--export", "tflite"], "argument --export: invalid choice: 'tflite'"),

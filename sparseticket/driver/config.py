@@ -1,10 +1,14 @@
-"""Run configuration: every hyper-parameter of a search, as one JSON-serialisable dataclass."""
+"""Run configuration: every hyper-parameter of a search, as one JSON-serialisable dataclass (the
+``config.json`` of a run folder). The command line builds it from flags and presets; the driver's
+users below the command line (``sparseticket.deploy``) read it back from a run folder."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from sparseticket.methods.gemminer import DEFAULT_SCORE_LR
 from sparseticket.methods.registry import BASELINES, METHODS, channel_methods
@@ -65,15 +69,35 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
-        """Parse a config; unknown keys are an error (a config from another version)."""
-        values = json.loads(text)
+        """Parse a config; ValueError if it is not a JSON object, has keys this version does not know
+        (a config from another version) or a value of the wrong type. Missing keys take their defaults."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config is not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config must be a JSON object, got {type(values).__name__}")
         known = {field.name for field in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"config has unknown keys: {', '.join(sorted(unknown))}")
         if isinstance(values.get("rewind_step"), int):  # configs written before "500it"/"2ep"
             values["rewind_step"] = str(values["rewind_step"])
+        hints = typing.get_type_hints(cls)
+        wrong = [f"{key} ({value!r})" for key, value in sorted(values.items()) if not _fits(value, hints[key])]
+        if wrong:
+            raise ValueError(f"config has values of the wrong type: {', '.join(wrong)}")
         return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunConfig:
+        """The config in file ``path`` (a run folder's ``config.json``); ValueError naming the file if
+        it cannot be read or parsed (see ``from_json``)."""
+        path = Path(path)
+        try:
+            return cls.from_json(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def digest(self) -> str:
         """Short hash of the config: run folders are named by it."""
@@ -82,3 +106,13 @@ class RunConfig:
     def run_name(self) -> str:
         """Folder name: method, model, data, seed and the config hash."""
         return f"{self.method}-{self.model}-{self.data}-s{self.seed}-{self.digest()}"
+
+
+def _fits(value: object, hint: object) -> bool:
+    """Whether a JSON value suits a field annotated ``hint`` (an int where a float is expected is fine)."""
+    allowed = typing.get_args(hint) or (hint,)  # ``str | None`` -> (str, NoneType)
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int) and float in allowed:
+        return True
+    return isinstance(value, allowed)
