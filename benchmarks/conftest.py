@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 import torch
 from shapes import bert_base_shapes, resnet18_shapes, resnet50_shapes
@@ -27,3 +30,16 @@ def tensors_like(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.Ten
 def network(request) -> tuple[str, dict[str, list[tuple[int, ...]]]]:
     """(name, shapes by kind) of each benchmarked network."""
     return request.param, NETWORKS[request.param]()
+
+
+def median_with_interval(values: list[float]) -> dict[str, float]:
+    """The median of ``values`` with a distribution-free 95% confidence interval for it (the order
+    statistics at ranks n/2 -+ 0.98 sqrt(n), the binomial sign-test interval) and the quartiles."""
+    ordered = sorted(values)
+    count = len(ordered)
+    half_width = 0.98 * math.sqrt(count)
+    low = max(0, math.floor(count / 2 - half_width))
+    high = min(count - 1, math.ceil(count / 2 + half_width) - 1)
+    quartiles = statistics.quantiles(ordered, n=4) if count > 1 else [ordered[0]] * 3
+    return {"median": statistics.median(ordered), "ci_low": ordered[low], "ci_high": ordered[high],
+            "q1": quartiles[0], "q3": quartiles[2], "rounds": count}

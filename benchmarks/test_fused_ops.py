@@ -17,14 +17,17 @@ achieved bandwidth against ``test_copy_bandwidth``.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
-from conftest import tensors_like
+from conftest import median_with_interval, tensors_like
 
 import sparseticket.ops as ops
 
 L1, CHI, RATIO, L2 = 1e-4, 0.003, 0.5, 1e-4
 FLOAT, FLAG = 4, 1
+PAIRED_ROUNDS = 40  # rounds of the interleaved masked-vs-torch optimizer step
 
 
 def _numel(tensors) -> int:
@@ -269,7 +272,12 @@ def test_masked_optimizer_step(benchmark, network, optimizer, way):
     ``fused``: ``imp.optimizer(...)``'s step (``masked_sgd_``/``masked_adam_``, one pass);
     ``peer_foreach``/``peer_fused``: torch's fastest *dense* steps (``foreach=True``, ``fused=True``), the
     floor a masked step is held to; ``two_pass``: the foreach step plus zeroing the pruned gradients before
-    and the pruned weights after (what IMP did on every step, and still does for other optimizers)."""
+    and the pruned weights after (what IMP did on every step, and still does for other optimizers).
+
+    The ``fused`` test also times torch's ``fused=True`` dense step (its own copy of the tensors) in the
+    untimed setup of every round, so the two alternate: ``extra_info["paired"]`` keeps the median over
+    rounds of (torch's time / ours) with a 95% confidence interval of that median, free of the drifts
+    that separate the medians of tests run one after the other."""
     from sparseticket.methods.masked_optimizer import masked_optimizer
 
     name, shapes = network
@@ -291,4 +299,22 @@ def test_masked_optimizer_step(benchmark, network, optimizer, way):
             weight_plan()
     else:
         run = made.step
-    benchmark(run)
+    if way != "fused":
+        benchmark(run)
+        return
+    peer = _optimizer_case(shapes, optimizer, "peer_fused")[2]
+    peer.step()
+    peer_times: list[float] = []
+
+    def time_peer() -> None:
+        start = time.perf_counter()
+        peer.step()
+        peer_times.append(time.perf_counter() - start)
+
+    for _ in range(3):  # warm-up of both
+        time_peer()
+        run()
+    peer_times.clear()
+    benchmark.pedantic(run, setup=time_peer, rounds=PAIRED_ROUNDS, iterations=1, warmup_rounds=0)
+    ratios = [theirs / ours for theirs, ours in zip(peer_times, benchmark.stats.stats.data)]
+    benchmark.extra_info["paired"] = {"against": "peer_fused", **median_with_interval(ratios)}
