@@ -69,9 +69,6 @@ _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and w
 }
 
 
-_THREADS_WHY = ["torch's default"]  # why this process uses the threads it does (set by main, shown by info)
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (exit code 2), no usage dump."""
 
@@ -247,7 +244,8 @@ def _build(arguments: argparse.Namespace) -> int:
     return subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-c", script], env=environment).returncode
 
 
-def _info() -> None:
+def _info(threads_why: str) -> None:
+    """``sparseticket info``: versions, which kernels run, threads (``threads_why``: why that many)."""
     import platform
 
     import sparseticket
@@ -261,7 +259,7 @@ def _info() -> None:
           f"Triton {'on' if info['triton'] else 'off (' + info['triton_reason'] + ')'}; "
           f"CUDA GPU {'yes' if info['cuda'] else 'no'}")
     print(f"CPU ops run on: {info['cpu_backend']}; CUDA ops run on: {info['cuda_backend']}")
-    print(f"threads: {torch.get_num_threads()} ({_THREADS_WHY[0]}; --threads overrides)")
+    print(f"threads: {torch.get_num_threads()} ({threads_why}; --threads overrides)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return reproduce(argv[1:])
     arguments = build_parser().parse_args(argv)
     try:
-        threads, _THREADS_WHY[0] = choose_threads(getattr(arguments, "threads", None))
+        threads, threads_why = choose_threads(getattr(arguments, "threads", None))
     except ValueError as error:
         print(f"sparseticket: error: {error}", file=sys.stderr)
         return 2
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, finished, processes, code = "", False, distributed.Processes(), 0
     try:
         if arguments.command == "info":
-            _info()
+            _info(threads_why)
         elif arguments.command == "build":
             code = _build(arguments)
         elif arguments.command == "deploy":
