@@ -1,4 +1,5 @@
-"""scikit-learn's bundled digits (1,797 8x8 images, 10 classes): real data that needs no download."""
+"""The ``Split`` of a data set into train/test tensors, and scikit-learn's bundled digits (1,797 8x8 images,
+10 classes): real data that needs no download."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ from sparseticket.builtin.augment import augment_digits, distorted_test_images
 AUGMENT_SEED_OFFSET = 0x5EED_A06  # the distortions of a loader seeded s come from seed s + this
 
 
+class DatasetUnavailable(Exception):
+    """The dataset cannot be loaded here: a package it needs is missing, or its files are missing or unreadable."""
+
+
 @dataclass
 class Split:
-    """Train and test tensors of one dataset: images [N, 1, 8, 8] in [0, 1], labels [N].
+    """Train and test tensors of one dataset: inputs [N, C, ...] (digits: images [N, 1, 8, 8] in [0, 1];
+    MNIST-1D: signals [N, 1, 40]), int64 labels [N] in [0, classes). The attribute names say "images"
+    whatever the inputs are.
 
-    With ``augment`` on, every training loader yields distorted copies of the training images
-    (``augment_digits``, drawn from the loader's seed: the same seed gives the same batches), and
-    ``distorted_test_images`` holds a fixed distorted copy of the test set.
+    With ``augment`` on (images [N, C, H, W] only), every training loader yields distorted copies of
+    the training images (``augment_digits``, drawn from the loader's seed: the same seed gives the
+    same batches), and ``distorted_test_images`` holds a fixed distorted copy of the test set.
     """
 
     train_images: torch.Tensor
@@ -36,7 +43,13 @@ class Split:
                      self.test_labels.to(device), self.classes, self.augment, distorted)
 
     def augmented(self) -> Split:
-        """The same split with training-time distortions on and a distorted copy of the test set."""
+        """The same split with training-time distortions on and a distorted copy of the test set.
+
+        ValueError unless the inputs are images [N, C, H, W] (the distortions are 2-D affine maps).
+        """
+        if self.train_images.dim() != 4:
+            raise ValueError(f"augment distorts images [N, C, H, W] (random affine and noise); these inputs are "
+                             f"[N, {', '.join(map(str, self.train_images.shape[1:]))}]")
         return replace(self, augment=True, distorted_test_images=distorted_test_images(self.test_images))
 
     def training_images(self, seed: int) -> torch.Tensor:
@@ -80,6 +93,14 @@ class Split:
             raise ValueError("this split has no distorted test set: build it with Split.augmented() "
                              "(the CLI's --augment)")
         return DataLoader(TensorDataset(self.distorted_test_images, self.test_labels), batch_size=batch_size)
+
+
+def split_by_seed(images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int, test_fraction: float) -> Split:
+    """A Split holding out ``max(1, int(N * test_fraction))`` samples, chosen by a permutation drawn from ``seed``."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    test_count = max(1, int(len(labels) * test_fraction))
+    test, train = order[:test_count], order[test_count:]
+    return Split(images[train], labels[train], images[test], labels[test], classes=classes)
 
 
 def load_digits_split(test_fraction: float = 0.25, seed: int = 0) -> Split:

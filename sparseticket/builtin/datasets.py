@@ -1,6 +1,9 @@
-"""Datasets by name, as train/test ``Split`` tensors: built-in digits, or CIFAR-10/100 and image folders from disk.
+"""Datasets by name, as train/test ``Split`` tensors: built-in digits and MNIST-1D, the user's own .npz or
+IDX files, or CIFAR-10/100 and image folders from disk.
 
-Nothing is ever downloaded: CIFAR and image folders are read from ``data_dir`` with torchvision.
+Nothing is ever downloaded: digits ship with scikit-learn, MNIST-1D is generated offline by the
+``mnist1d`` package (and cached, ``sparseticket.builtin.mnist1d``), .npz and IDX files are read with
+NumPy (``sparseticket.builtin.arrays``), CIFAR and image folders from ``data_dir`` with torchvision.
 """
 
 from __future__ import annotations
@@ -10,40 +13,67 @@ from typing import Any
 
 import torch
 
-from sparseticket.builtin.data import Split, load_digits_split
+from sparseticket.builtin.arrays import load_idx, load_npz
+from sparseticket.builtin.data import DatasetUnavailable, Split, load_digits_split, split_by_seed
+from sparseticket.builtin.mnist1d import check_samples, load_mnist1d
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "mnist1d", "cifar10", "cifar100", "imagefolder", "npz", "idx")
+AUGMENTABLE = ("digits", "cifar10", "cifar100", "imagefolder")  # image data sets the distortions suit
 IMAGE_SIZE = 32
 TEST_FRACTION = 0.25
 
 _CIFAR_FOLDERS = {"cifar10": ("cifar-10-batches-py", ("data_batch_1", "test_batch")),
                   "cifar100": ("cifar-100-python", ("train", "test"))}
 
-
-class DatasetUnavailable(Exception):
-    """The dataset cannot be loaded here: torchvision is missing, or its files are not under data_dir."""
+def check_options(name: str, *, samples: int | None = None, augment: bool = False) -> None:
+    """ValueError when an option does not suit dataset ``name``: ``samples`` (only mnist1d; an integer >= 10)
+    or ``augment`` (image data sets only: digits, cifar10, cifar100, imagefolder)."""
+    if samples is not None:
+        if name != "mnist1d":
+            raise ValueError(f"samples (--samples) sets how many MNIST-1D signals to generate: only dataset "
+                             f"'mnist1d' takes it, not {name!r}")
+        check_samples(samples)
+    if augment and name not in AUGMENTABLE:
+        raise ValueError(f"augment (--augment: random affine and noise) is for the image data sets "
+                         f"{', '.join(AUGMENTABLE)}; dataset {name!r} does not take it")
 
 
 def load_dataset(name: str = "digits", *, data_dir: str | Path | None = None, seed: int = 0,
-                 augment: bool = False) -> Split:
-    """The named dataset (see ``DATASETS``) as float images in [0, 1] and int64 labels; ``seed`` fixes random splits.
+                 augment: bool = False, samples: int | None = None) -> Split:
+    """The named dataset (see ``DATASETS``) as float inputs [N, C, ...] and int64 labels.
 
-    ``augment``: training loaders distort the images (random affine and noise, ``Split.augmented``)
-    and the split carries a fixed distorted copy of the test set.
+    ``seed`` fixes random splits (digits, imagefolder and npz without test arrays) and MNIST-1D's
+    generation (seed 42 + ``seed``, ``sparseticket.builtin.mnist1d``). ``data_dir``: the folder (CIFAR,
+    imagefolder, idx) or file (npz) to read. ``samples``: how many MNIST-1D signals to generate
+    (default: the package's 5,000). ``augment``: training loaders distort the images (random affine
+    and noise, ``Split.augmented``) and the split carries a fixed distorted copy of the test set;
+    image data sets only. ValueError for an option the dataset does not take (``check_options``).
     """
-    split = _load(name, data_dir, seed)
+    check_options(name, samples=samples, augment=augment)
+    split = _load(name, data_dir, seed, samples)
     return split.augmented() if augment else split
 
 
-def _load(name: str, data_dir: str | Path | None, seed: int) -> Split:
+def _load(name: str, data_dir: str | Path | None, seed: int, samples: int | None) -> Split:
     """The named dataset, undistorted."""
     if name == "digits":
         return load_digits_split(seed=seed)
+    if name == "mnist1d":
+        return load_mnist1d(seed, samples)
     if name in _CIFAR_FOLDERS:
         return _load_cifar(name, _cifar_root(name, data_dir))
     if name == "imagefolder":
         return _load_imagefolder(_existing_dir(name, data_dir, "class subfolders of images (or train/ and test/ "
                                                                "folders of them)"), seed)
+    if name == "npz":
+        if data_dir is None:
+            raise DatasetUnavailable("dataset 'npz' needs data_dir: a .npz file with arrays x, y (and optionally "
+                                     "x_test, y_test)")
+        return load_npz(data_dir, seed)
+    if name == "idx":
+        return load_idx(_existing_dir(name, data_dir, "the IDX files train-images-idx3-ubyte, "
+                                                      "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                                                      "t10k-labels-idx1-ubyte (plain or .gz)"))
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
 
 
@@ -127,7 +157,4 @@ def _load_imagefolder(root: Path, seed: int) -> Split:
                                      f"{test_classes} under {str(root)!r}")
         return Split(train_images, train_labels, test_images, test_labels, classes=len(classes))
     images, labels, classes = read(root)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    test_count = max(1, int(len(labels) * TEST_FRACTION))
-    test, train = order[:test_count], order[test_count:]
-    return Split(images[train], labels[train], images[test], labels[test], classes=len(classes))
+    return split_by_seed(images, labels, len(classes), seed, TEST_FRACTION)

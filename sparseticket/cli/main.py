@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -24,11 +25,17 @@ from sparseticket.methods.convention import CONVENTIONS
 
 _HELP = {  # where a default differs from the papers' code: "paper: VALUE" and why (docs/DEFAULTS.md)
     "method": "ticket method",
-    "model": "built-in model (vgg, resnet20, preresnet20, mlp, transformer); paper: resnet20 (Gem-Miner, "
-             "open_lth; EarlyBird: VGG-16) on CIFAR; a 4-conv VGG here trains on 8x8 digits in seconds",
-    "data": "dataset (digits is built in; cifar10, cifar100, imagefolder need torchvision and --data-dir); "
+    "model": "built-in model: for images vgg, resnet20, preresnet20, transformer; for 1-D signals (mnist1d) "
+             "cnn1d, resnet1d; mlp for both; paper: resnet20 (Gem-Miner, open_lth; EarlyBird: VGG-16) on CIFAR; "
+             "a 4-conv VGG here trains on 8x8 digits in seconds",
+    "data": "dataset: digits and mnist1d are built in (mnist1d generated offline by the mnist1d package, cached); "
+            "npz (--data-dir FILE.npz with arrays x, y[, x_test, y_test]) and idx (--data-dir FOLDER of MNIST-style "
+            "IDX files) are read with NumPy; cifar10, cifar100, imagefolder need torchvision and --data-dir; "
             "paper: cifar10; digits here: built in, nothing to download",
-    "data_dir": "folder holding the dataset files (never downloaded)", "width": "model width (channels)",
+    "data_dir": "folder (file, for npz) holding the dataset files (never downloaded)",
+    "samples": "mnist1d: signals to generate, 80%% for training (default: the mnist1d package's 5,000 = 4,000 "
+               "train / 1,000 test)",
+    "width": "model width (channels of the first layer; cnn1d: its channel count, 32 unless --width is given)",
     "seed": "seed of initialization and data order",
     "batch_size": "training batch size; paper: 128 (open_lth, Gem-Miner; EarlyBird 256); 64 here: digits has "
                   "1,348 training images (22 steps per epoch)",
@@ -76,8 +83,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sparseticket: error: {message} (see --help)\n")
 
 
+def _value_type(hint: object) -> object:
+    """The type a RunConfig field's flag parses: ``int | None`` -> int."""
+    return next((kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None)), str)
+
+
 def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    defaults = RunConfig()
+    defaults, hints = RunConfig(), typing.get_type_hints(RunConfig)
     for field in fields(RunConfig):
         if field.name in skip:
             continue
@@ -86,7 +98,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) 
         if isinstance(default, bool):
             parser.add_argument(flag, action=presets.Flag, default=default, help=_HELP.get(field.name, field.name))
             continue
-        kind = {int: int, float: float}.get(type(default), str)
+        kind = {int: int, float: float}.get(_value_type(hints[field.name]), str)
         choices = {"static": ("newest", "queue"), "lr_schedule": ("constant", "step", "cosine"),
                    "convention": CONVENTIONS}.get(field.name)
         parser.add_argument(flag, type=kind, default=default, choices=choices, action=presets.Store,
@@ -146,17 +158,25 @@ def _config(arguments: argparse.Namespace, **overrides) -> RunConfig:
                      **overrides)
     if config.convention == "original" and config.method == "worm" and "l1" not in explicit:
         config = replace(config, l1=0.0)  # the WORM authors' code has no L1 on gamma
+    if "width" not in explicit:
+        from sparseticket.builtin.models import default_width
+
+        config = replace(config, width=default_width(config.model, config.width))  # cnn1d: 32 channels
     return config
 
 
 def _check(config: RunConfig) -> None:
-    from sparseticket.builtin.datasets import DATASETS
+    from sparseticket.builtin.datasets import AUGMENTABLE, DATASETS, check_options
     from sparseticket.builtin.models import MODELS
 
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; choose from {', '.join(MODELS)}")
     if config.data not in DATASETS:
         raise ValueError(f"unknown data {config.data!r}; choose from {', '.join(DATASETS)}")
+    if config.augment and config.data not in AUGMENTABLE:
+        raise ValueError(f"--augment (random affine and noise; --preset hard and paper turn it on) is for the image "
+                         f"data sets {', '.join(AUGMENTABLE)}, not --data {config.data}; --no-augment turns it off")
+    check_options(config.data, samples=config.samples)
     if not 0 < config.density <= 1:
         raise ValueError(f"--density must be in (0, 1], got {config.density}")
     if not 0 <= config.ratio < 1:

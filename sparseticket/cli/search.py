@@ -159,8 +159,8 @@ class Search:
 
     def _model(self, data) -> nn.Module:
         shape = data.train_images.shape
-        model = build_model(self.config.model, classes=data.classes, in_channels=shape[1],
-                            image_size=shape[-1], width=self.config.width)
+        model = build_model(self.config.model, classes=data.classes, input_shape=tuple(shape[1:]),
+                            width=self.config.width)
         return model.to(self.device)
 
     def run(self) -> SearchResult:
@@ -174,8 +174,8 @@ class Search:
         schedule, options = schedule_of(config), options_of(config)
         finished = self.read_only = finished_run(run_dir, config)  # then nothing is written: nothing changes
         self._started, self._seconds_before = time.perf_counter(), recorded_seconds(run_dir)
-        split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed,
-                             augment=config.augment).to(self.device)
+        split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, augment=config.augment,
+                             samples=config.samples).to(self.device)
         torch.manual_seed(config.seed)
         model = self._model(split)
         resumed = (run_dir / "init.pt").exists()

@@ -82,9 +82,9 @@ def load_run(run_dir: str | Path, *, examples: int = EXAMPLES) -> RunSource:
     run_dir = check_run_folder(run_dir)
     config = RunConfig.read(run_dir / "config.json")
     ticket = Ticket.load(run_dir / "ticket.safetensors")
-    split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, augment=config.augment)
-    shape = split.train_images.shape
-    model = build_model(config.model, classes=split.classes, in_channels=shape[1], image_size=shape[-1],
+    split = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed, augment=config.augment,
+                         samples=config.samples)
+    model = build_model(config.model, classes=split.classes, input_shape=tuple(split.train_images.shape[1:]),
                         width=config.width)
     if ticket.channel_masks:
         if transformer_blocks(model) and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)

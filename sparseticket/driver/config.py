@@ -24,6 +24,9 @@ def is_channel_method(name: str) -> bool:
     return name in channel_methods()
 
 
+HASHED_UNLESS_DEFAULT = {"samples": None}  # field -> default: see RunConfig.digest
+
+
 @dataclass
 class RunConfig:
     """Everything needed to rerun a search (``config.json`` of a run folder)."""
@@ -32,6 +35,7 @@ class RunConfig:
     model: str = "vgg"
     data: str = "digits"
     data_dir: str | None = None
+    samples: int | None = None  # mnist1d: signals to generate (None: the mnist1d package's 5,000)
     width: int = 16
     seed: int = 0
     batch_size: int = 64
@@ -100,8 +104,14 @@ class RunConfig:
             raise ValueError(f"{path}: {error}") from None
 
     def digest(self) -> str:
-        """Short hash of the config: run folders are named by it."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:8]
+        """Short hash of the config: run folders are named by it. Fields added after folders were first
+        named (``HASHED_UNLESS_DEFAULT``) count only away from their default, so that a config that leaves
+        them alone keeps the name it had before they existed."""
+        values = asdict(self)
+        for name, default in HASHED_UNLESS_DEFAULT.items():
+            if values[name] == default:
+                del values[name]
+        return hashlib.sha256(json.dumps(values, indent=2, sort_keys=True).encode()).hexdigest()[:8]
 
     def run_name(self) -> str:
         """Folder name: method, model, data, seed and the config hash."""

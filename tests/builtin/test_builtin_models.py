@@ -14,7 +14,7 @@ from torch import nn
 from sparseticket.builtin import datasets
 from sparseticket.builtin.data import Split
 from sparseticket.builtin.datasets import DATASETS, DatasetUnavailable, describe, load_dataset
-from sparseticket.builtin.models import MODELS, build_model, mlp, preresnet20, resnet20, vgg_small
+from sparseticket.builtin.models import MODELS, build_model, mlp, models_for, preresnet20, resnet20, vgg_small
 from sparseticket.methods import EarlyBird, attach_slimming
 from sparseticket.methods.transformer import transformer_blocks
 
@@ -22,11 +22,12 @@ SHAPES = [(1, 8), (3, 32)]  # (channels, image size): digits, CIFAR
 
 
 def test_registry_names() -> None:
-    assert set(MODELS) == {"vgg", "resnet20", "preresnet20", "mlp", "transformer"}
+    assert set(MODELS) == {"vgg", "resnet20", "preresnet20", "mlp", "transformer", "cnn1d", "resnet1d"}
+    assert set(models_for(2)) == {"vgg", "resnet20", "preresnet20", "mlp", "transformer"}
 
 
 @pytest.mark.parametrize("channels,size", SHAPES)
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(models_for(2)))
 def test_model_builds_forwards_and_trains(name: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, classes=7, in_channels=channels, image_size=size, width=8)
@@ -78,7 +79,8 @@ def test_vgg_small_signature_kept() -> None:
 
 
 def test_build_model_unknown_name_lists_known() -> None:
-    with pytest.raises(ValueError, match="unknown model 'resnet50'.*vgg.*resnet20.*preresnet20.*mlp.*transformer"):
+    with pytest.raises(ValueError, match="unknown model 'resnet50'.*vgg.*resnet20.*preresnet20.*mlp.*transformer.*"
+                                         "cnn1d.*resnet1d"):
         build_model("resnet50")
 
 

@@ -47,3 +47,10 @@ def test_a_missing_file_is_a_value_error_naming_it(tmp_path):
 def test_method_names():
     assert {"earlybird", "worm", "gemminer", "imp", "random"} <= set(method_choices())
     assert is_channel_method("worm") and not is_channel_method("gemminer")
+
+
+def test_a_field_added_later_leaves_old_run_folder_names_alone():
+    # 0f238bd0: the default config's hash before `samples` existed (run folders written then keep their names)
+    assert RunConfig().digest() == "0f238bd0"
+    assert RunConfig(samples=None).digest() == RunConfig().digest()
+    assert RunConfig(samples=20_000).digest() != RunConfig().digest()  # away from its default it counts
