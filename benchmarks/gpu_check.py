@@ -271,7 +271,7 @@ def _method_steps(device: torch.device, dry: bool) -> dict[str, tuple[nn.Module,
         if method == "dense":
             built[method] = (model, steps._training_step(model, case), None)
             continue
-        step, _ = steps._method_step(method, model, case)
+        step = steps._method_step(method, model, case).step
         built[method] = (model, step, None)
     return built
 
