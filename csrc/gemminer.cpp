@@ -1,5 +1,11 @@
 // Gem-Miner ops: the score-masked weight, its straight-through backward, and the fused score update
-// (momentum SGD with L2, clamp to [0, 1], count of kept entries) in fp32.
+// (momentum SGD with L2, clamp to [0, 1], count of kept entries, optionally the masked weights of the
+// updated scores) in fp32.
+#include <ATen/MemoryOverlap.h>
+
+#include <bit>
+#include <type_traits>
+
 #include "common.h"
 #include "ops.h"
 
@@ -34,11 +40,23 @@ void backward_range(const T* __restrict grad, const T* __restrict weight, const 
   }
 }
 
-// Updates [begin, end) and returns how many of them end with score > 0.5 and flag.
-template <typename T>
+// `value` where `keep`, else +0: a select written as a bit mask (never a multiply: inf * 0 is NaN). In
+// step_range GCC does not if-convert `keep ? value : 0` next to the other selects, and the loop would
+// stay scalar; the mask vectorises.
+template <typename W>
+C10_ALWAYS_INLINE W kept_or_zero(bool keep, W value) {
+  using Bits = std::conditional_t<sizeof(W) == 2, uint16_t, std::conditional_t<sizeof(W) == 4, uint32_t, uint64_t>>;
+  static_assert(sizeof(Bits) == sizeof(W));
+  const Bits mask = Bits{0} - static_cast<Bits>(keep);
+  return std::bit_cast<W>(static_cast<Bits>(std::bit_cast<Bits>(value) & mask));
+}
+
+// Updates [begin, end) and returns how many of them end with score > 0.5 and flag. With kMasked, also
+// masked[i] = weights[i] where the stored score > 0.5 and flag, else 0 (gemminer_mask of the new scores).
+template <typename T, typename W, bool kMasked>
 int64_t step_range(T* __restrict scores, const T* __restrict grads, T* __restrict velocity,
-                   const uint8_t* __restrict flags, int64_t begin, int64_t end, float lr, float momentum,
-                   float decay) {
+                   const uint8_t* __restrict flags, const W* __restrict weights, W* __restrict masked,
+                   int64_t begin, int64_t end, float lr, float momentum, float decay) {
   int64_t kept = 0;
   for (int64_t i = begin; i < end; ++i) {
     const T p_old = scores[i], v_old = velocity[i];
@@ -49,7 +67,11 @@ int64_t step_range(T* __restrict scores, const T* __restrict grads, T* __restric
     const T stored = on ? static_cast<T>(p_new) : p_old;
     velocity[i] = on ? static_cast<T>(v_new) : v_old;
     scores[i] = stored;
-    kept += keeps(stored, flags[i]);
+    const bool keep = keeps(stored, flags[i]);
+    if constexpr (kMasked) {
+      masked[i] = kept_or_zero(keep, weights[i]);
+    }
+    kept += keep;
   }
   return kept;
 }
@@ -162,7 +184,8 @@ void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor
 }
 
 at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
-                          const at::Tensor& flags, double lr, double momentum, double l2) {
+                          const at::Tensor& flags, double lr, double momentum, double l2,
+                          const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& masked_out) {
   check_input(scores, "scores");
   check_input(grads, "grads");
   check_input(momentum_buffer, "momentum_buffer");
@@ -170,27 +193,56 @@ at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, con
   check_same_sizes(scores, grads, "gemminer_step_: scores and grads");
   check_same_sizes(scores, momentum_buffer, "gemminer_step_: scores and momentum_buffer");
   check_same_sizes(scores, flags, "gemminer_step_: scores and flags");
+  const bool has_masked = masked_out.has_value();
+  TORCH_CHECK(weights.has_value() == has_masked, "gemminer_step_: pass weights and masked_out both or neither");
+  if (has_masked) {
+    check_input(*weights, "weights");
+    check_input(*masked_out, "masked_out", weights->scalar_type());
+    check_same_sizes(scores, *weights, "gemminer_step_: scores and weights");
+    check_same_sizes(scores, *masked_out, "gemminer_step_: scores and masked_out");
+    for (const auto* input : {&scores, &grads, &momentum_buffer, &flags, &*weights}) {
+      at::assert_no_overlap(*masked_out, *input);  // it is written while they are read
+    }
+  }
   const auto dtype = scores.scalar_type();
   if (grads.scalar_type() != dtype || momentum_buffer.scalar_type() != dtype) {
     // Rare mixed dtypes: step fp32 copies (the math is fp32 anyway), store back, count the stored scores.
     auto p = scores.to(at::kFloat), v = momentum_buffer.to(at::kFloat);
-    gemminer_step_(p, grads.to(at::kFloat), v, flags, lr, momentum, l2);
+    gemminer_step_(p, grads.to(at::kFloat), v, flags, lr, momentum, l2, std::nullopt, std::nullopt);
     scores.copy_(p);
     momentum_buffer.copy_(v);
+    if (has_masked) gemminer_mask_into(*weights, scores, flags, *masked_out);
     return at::logical_and(scores > 0.5, flags).sum();
   }
   int64_t kept = 0;
+  const float flr = static_cast<float>(lr), fmomentum = static_cast<float>(momentum);
+  const float decay = static_cast<float>(2.0 * l2);
+  const uint8_t* f = bool_data(flags);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "gemminer_step_", [&] {
-    scalar_t* p = scores.data_ptr<scalar_t>();
-    const scalar_t* g = grads.data_ptr<scalar_t>();
-    scalar_t* v = momentum_buffer.data_ptr<scalar_t>();
-    const uint8_t* f = bool_data(flags);
-    const float flr = static_cast<float>(lr), fmomentum = static_cast<float>(momentum);
-    const float decay = static_cast<float>(2.0 * l2);
-    kept = at::parallel_reduce(
-        0, scores.numel(), kGrain, int64_t{0},
-        [&](int64_t begin, int64_t end, int64_t) { return step_range(p, g, v, f, begin, end, flr, fmomentum, decay); },
-        std::plus<int64_t>());
+    using T = scalar_t;
+    T* p = scores.data_ptr<T>();
+    const T* g = grads.data_ptr<T>();
+    T* v = momentum_buffer.data_ptr<T>();
+    if (!has_masked) {
+      kept = at::parallel_reduce(
+          0, scores.numel(), kGrain, int64_t{0},
+          [&](int64_t begin, int64_t end, int64_t) {
+            return step_range<T, T, false>(p, g, v, f, nullptr, nullptr, begin, end, flr, fmomentum, decay);
+          },
+          std::plus<int64_t>());
+      return;
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weights->scalar_type(), "gemminer_step_", [&] {
+      using W = scalar_t;
+      const W* w = weights->data_ptr<W>();
+      W* m = masked_out->data_ptr<W>();
+      kept = at::parallel_reduce(
+          0, scores.numel(), kGrain, int64_t{0},
+          [&](int64_t begin, int64_t end, int64_t) {
+            return step_range<T, W, true>(p, g, v, f, w, m, begin, end, flr, fmomentum, decay);
+          },
+          std::plus<int64_t>());
+    });
   });
   return at::scalar_tensor(kept, scores.options().dtype(at::kLong));
 }

@@ -1,5 +1,6 @@
 // GemMiner's per-layer hot path: the score-masked weight with its straight-through backward as one
-// C++ autograd op, sparseticket_cpu::gemminer_masked_weight(weight, scores, flags, grad_slot, claimed).
+// C++ autograd op, sparseticket_cpu::gemminer_masked_weight(weight, scores, flags, grad_slot, claimed,
+// weight_slot, precomputed).
 //
 // - No Python runs per layer in forward or backward (the Python autograd path costs several times
 //   the kernels at ResNet layer sizes).
@@ -14,6 +15,10 @@
 //   the slot itself references its memory (the previous step's graph is gone): a step then allocates
 //   (and page-faults) nothing per layer. While a graph or a caller still holds the last masked
 //   weight (gradient accumulation over several forwards), a fresh tensor is allocated.
+// - With `precomputed`, `weight_slot` already holds the masked weight (GemMiner's score step wrote it
+//   for the updated scores): the forward returns a new tensor on its memory that shares its version
+//   counter (an in-place edit of the result bumps the slot's version) and computes nothing. The
+//   backward is the same.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -30,11 +35,12 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& scores,
                             const at::Tensor& flags, const at::Tensor& grad_slot, const at::Tensor& claimed,
-                            const at::Tensor& weight_slot) {
+                            const at::Tensor& weight_slot, bool precomputed) {
     ctx->save_for_backward({weight, flags});
     ctx->saved_data["scores"] = scores;  // the leaf itself: backward reads whether it has a .grad
     ctx->saved_data["grad_slot"] = grad_slot;
     ctx->saved_data["claimed"] = claimed;
+    if (precomputed) return on_memory_of(weight_slot);
     auto out = reuse_or_allocate(weight_slot, weight);
     gemminer_mask_into(weight, scores, flags, out);
     return out;
@@ -62,7 +68,17 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
         gemminer_mask_backward_scores_into(grad, weight, flags, grad_scores);
       }
     }
-    return {grad_weight, grad_scores, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_weight, grad_scores, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  // A new tensor on `masked`'s memory (not a view: autograd takes it as the op's own output) that shares
+  // its version counter.
+  static at::Tensor on_memory_of(const at::Tensor& masked) {
+    auto out = at::empty({0}, masked.options());
+    out.set_(masked.storage(), masked.storage_offset(), masked.sizes(), masked.strides());
+    out.unsafeGetTensorImpl()->set_version_counter(masked.unsafeGetTensorImpl()->version_counter());
+    return out;
   }
 };
 
@@ -91,19 +107,37 @@ void check_masked_weight(const at::Tensor& weight, const at::Tensor& scores, con
                     "GemMiner was made? Convert the model first, then create the GemMiner");
 }
 
+// The contract of a precomputed masked weight (ops/_contracts.py: precomputed_fits): weight's shape, dtype
+// and device, in the scores' memory order.
+void check_precomputed(const at::Tensor& masked, const at::Tensor& weight, const at::Tensor& scores) {
+  TORCH_CHECK_TYPE(masked.scalar_type() == weight.scalar_type() && masked.device() == weight.device(), "masked must be ",
+                   describe(weight), ", got ", describe(masked));
+  TORCH_CHECK_VALUE(masked.sizes() == weight.sizes(), "masked must have the shape of weight ",
+                    shape_string(weight.sizes()), ", got ", shape_string(masked.sizes()));
+  TORCH_CHECK_VALUE(same_order(masked, scores),
+                    "masked must be laid out like scores (contiguous or channels_last, one memory order): was the "
+                    "model moved or converted (model.to(memory_format=...)) after the GemMiner was made? Convert the "
+                    "model first, then create the GemMiner");
+}
+
 at::Tensor masked_weight_autograd(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
-                                  const at::Tensor& grad_slot, const at::Tensor& claimed,
-                                  const at::Tensor& weight_slot) {
+                                  const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor& weight_slot,
+                                  bool precomputed) {
   check_masked_weight(weight, scores, flags, grad_slot, claimed);
+  if (precomputed) check_precomputed(weight_slot, weight, scores);
   // scores is passed as is (not a copy): backward asks the leaf whether it has a .grad. The other
   // inputs are read in its memory order (no copy when they share it, as GemMiner's views do).
   return MaskedWeight::apply(in_order_of(weight, scores), scores, in_order_of(flags, scores), grad_slot, claimed,
-                             weight_slot);
+                             weight_slot, precomputed);
 }
 
+// Without autograd (torch.inference_mode): computed, also when precomputed (the same values; no tensor
+// here shares memory or a version counter with a caller's).
 at::Tensor masked_weight_forward(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
-                                 const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor&) {
+                                 const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor& weight_slot,
+                                 bool precomputed) {
   check_masked_weight(weight, scores, flags, grad_slot, claimed);
+  if (precomputed) check_precomputed(weight_slot, weight, scores);
   const auto order = flat_dense(weight) ? weight : weight.contiguous();
   return gemminer_mask(order, in_order_of(scores, order), in_order_of(flags, order));
 }

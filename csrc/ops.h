@@ -34,8 +34,11 @@ std::tuple<at::Tensor, at::Tensor> gemminer_mask_backward(const at::Tensor& grad
 // The scores' gradient of gemminer_mask_backward written into `out` (contiguous, scores' dtype).
 void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& flags,
                                         const at::Tensor& out);
+// With weights (masked_out both or neither) the same pass writes masked_out = gemminer_mask(weights, new scores,
+// flags).
 at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
-                          const at::Tensor& flags, double lr, double momentum, double l2);
+                          const at::Tensor& flags, double lr, double momentum, double l2,
+                          const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& masked_out);
 
 // One torch.optim step over a list of parameters with the pruned entries (masks False) of weights and state
 // set to 0 (optim.cpp); masks empty = a dense step. Both check the op's contract themselves.

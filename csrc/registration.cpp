@@ -17,10 +17,11 @@ TORCH_LIBRARY(sparseticket_cpu, m) {
   m.def("gemminer_mask_backward(Tensor grad, Tensor weight, Tensor scores, Tensor flags, bool need_weight, "
         "bool need_scores) -> (Tensor, Tensor)");
   m.def("gemminer_step_(Tensor(a!) scores, Tensor grads, Tensor(b!) momentum_buffer, Tensor flags, float lr, "
-        "float momentum, float l2) -> Tensor");
+        "float momentum, float l2, Tensor? weights=None, Tensor(c!)? masked_out=None) -> Tensor");
   // gemminer_mask with its straight-through backward in C++ (gemminer_autograd.cpp): GemMiner's hot path.
+  // precomputed: weight_slot already holds the masked weight, returned without computing.
   m.def("gemminer_masked_weight(Tensor weight, Tensor scores, Tensor flags, Tensor grad_slot, Tensor claimed, "
-        "Tensor weight_slot) -> Tensor");
+        "Tensor weight_slot, bool precomputed=False) -> Tensor");
   // EarlyBERT slimming's column scaling with its backward in C++ (scale_columns.cpp).
   m.def("masked_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[] masks, float lr, "
         "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, bool first_step) -> ()");

@@ -108,10 +108,15 @@ def specialisations(spec: dict) -> list[dict]:
                                       "grad_scores": scores if need_scores else grad}))
     elif name == "gemminer_step_kernel":
         for dtype in FLOATS:
-            for aligned in BOOLS:
-                out.append(_variant(spec, f"dtype={dtype} aligned={aligned}", constexprs={"ALIGNED": aligned},
-                                    aligned=aligned,
-                                    pointers={"scores": dtype, "grads": dtype, "momentum_buffer": dtype}))
+            # without masked weights the launcher passes scores as their (unread) placeholders
+            for weights in (None, *FLOATS):
+                for aligned in BOOLS:
+                    element = weights or dtype
+                    out.append(_variant(spec, f"dtype={dtype} masked={weights} aligned={aligned}",
+                                        constexprs={"HAS_MASKED": weights is not None, "ALIGNED": aligned},
+                                        aligned=aligned,
+                                        pointers={"scores": dtype, "grads": dtype, "momentum_buffer": dtype,
+                                                  "weights": element, "masked_out": element}))
     elif name == "digit_histogram_kernel":
         for dtype in FLOATS:
             for shift in (24, 16, 8, 0):

@@ -1,4 +1,5 @@
-"""Triton kernels for Gem-Miner: the score-masked weight (forward, backward) and the fused step."""
+"""Triton kernels for Gem-Miner: the score-masked weight (forward, backward) and the fused step
+(which can also write the masked weights of the updated scores)."""
 
 from __future__ import annotations
 
@@ -73,10 +74,11 @@ def gemminer_mask_backward_kernel(
 
 @triton.jit
 def gemminer_step_kernel(
-    scores, grads, momentum_buffer, flags, kept, numel, lr, momentum, l2,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    scores, grads, momentum_buffer, flags, kept, weights, masked_out, numel, lr, momentum, l2,
+    HAS_MASKED: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """SGD-with-momentum on the scores plus the L2 term, clamp to [0, 1], count kept entries."""
+    """SGD-with-momentum on the scores plus the L2 term, clamp to [0, 1], count kept entries;
+    with HAS_MASKED also masked_out = weights where the stored score > 0.5 and flags, else 0."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = offsets < numel
     full = (tl.program_id(0).to(tl.int64) + 1) * BLOCK <= numel
@@ -85,6 +87,9 @@ def gemminer_step_kernel(
         grads = tl.multiple_of(grads, 16)
         momentum_buffer = tl.multiple_of(momentum_buffer, 16)
         flags = tl.multiple_of(flags, 16)
+        if HAS_MASKED:
+            weights = tl.multiple_of(weights, 16)
+            masked_out = tl.multiple_of(masked_out, 16)
     p = to_float32(load_block(scores, offsets, in_range, full))
     v = to_float32(load_block(momentum_buffer, offsets, in_range, full))
     g = to_float32(load_block(grads, offsets, in_range, full))
@@ -96,7 +101,11 @@ def gemminer_step_kernel(
     p_out = round_to(tl.where(active, p_new, p), scores.dtype.element_ty)
     store_block(momentum_buffer, offsets, v_out, in_range, full)
     store_block(scores, offsets, p_out, in_range, full)
-    count = tl.sum(((to_float32(p_out) > 0.5) & active).to(tl.int64), axis=0)
+    keep = (to_float32(p_out) > 0.5) & active  # the stored score decides, as gemminer_mask reads it
+    if HAS_MASKED:
+        value = load_block(weights, offsets, in_range, full)
+        store_block(masked_out, offsets, tl.where(keep, value, 0), in_range, full)
+    count = tl.sum(keep.to(tl.int64), axis=0)
     tl.atomic_add(kept, count)
 
 
@@ -143,21 +152,27 @@ def gemminer_step_(
     lr: float,
     momentum: float,
     l2: float,
+    weights: torch.Tensor | None = None,
+    masked_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fused score update; returns the kept count as a 0-d int64 tensor (contract: reference)."""
+    """Fused score update, with ``weights`` also the masked weights into ``masked_out``; returns
+    the kept count as a 0-d int64 tensor (contract: reference)."""
     kept = torch.zeros((), dtype=torch.int64, device=scores.device)
+    has_masked = masked_out is not None
     if scores.numel():
+        streams = [scores, grads, momentum_buffer, flags] + ([weights, masked_out] if has_masked else [])
         gemminer_step_kernel[_grid(scores.numel())](
-            scores, grads, momentum_buffer, flags, kept, scores.numel(),
-            float(lr), float(momentum), float(l2),
-            ALIGNED=all_aligned([scores, grads, momentum_buffer, flags]), BLOCK=BLOCK)
+            scores, grads, momentum_buffer, flags, kept,
+            weights if has_masked else scores, masked_out if has_masked else scores,  # unread placeholders
+            scores.numel(), float(lr), float(momentum), float(l2),
+            HAS_MASKED=has_masked, ALIGNED=all_aligned(streams), BLOCK=BLOCK)
     return kept
 
 
 _STEP_SIGNATURE = {
     "scores": "*fp32", "grads": "*fp32", "momentum_buffer": "*fp32", "flags": "*i1", "kept": "*i64",
-    "numel": "i64", "lr": "fp32", "momentum": "fp32", "l2": "fp32",
-    "ALIGNED": "constexpr", "BLOCK": "constexpr",
+    "weights": "*fp32", "masked_out": "*fp32", "numel": "i64", "lr": "fp32", "momentum": "fp32", "l2": "fp32",
+    "HAS_MASKED": "constexpr", "ALIGNED": "constexpr", "BLOCK": "constexpr",
 }
 AOT_SPECS = [
     {
@@ -184,8 +199,8 @@ AOT_SPECS = [
         "name": "gemminer_step_kernel",
         "fn": gemminer_step_kernel,
         "signature": _STEP_SIGNATURE,
-        "constexprs": {"ALIGNED": True, "BLOCK": BLOCK},
-        "attrs": aot_attrs([0, 1, 2, 3, 4]),
+        "constexprs": {"HAS_MASKED": True, "ALIGNED": True, "BLOCK": BLOCK},
+        "attrs": aot_attrs([0, 1, 2, 3, 4, 5, 6]),
         "streaming": True,
     },
 ]

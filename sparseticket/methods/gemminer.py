@@ -17,6 +17,15 @@ a view into the flat buffer ``gm.scores``, and each layer's gradient is a view i
 gradient buffer that autograd accumulates into in place: a step allocates and moves memory in
 proportion to the number of scores, whatever the number of layers.
 
+The frozen weights live in one flat buffer too (``gm.flat_weights``; each layer's
+``parametrizations.weight.original`` is a Parameter viewing it), and so do the masked weights the
+forward uses (``gm.masked``): the score step writes them for the updated scores in its one pass,
+and each layer's forward returns its view instead of computing it. In-place edits of the scores,
+flags or weights (``clamp_``, ``copy_``, ``&=``, ``load_state_dict``, a ``with torch.no_grad():
+gm.scores.mul_(...)``) bump their version counters, and the next forward then recomputes every
+masked weight in one flat pass. Edits through ``.data`` are not seen (they bump no version):
+after one, call ``gm.refresh_masked()``.
+
 Under ``torch.distributed``, wrap the model in ``DistributedDataParallel`` after creating the
 miner: the per-layer scores are the model's only trainable parameters, so DDP averages their
 gradients across ranks and ``gm.step()`` acts on the averaged gradient; the frozen flags are
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,6 +51,7 @@ from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import PrunableWeight, prunable_weights
 from sparseticket.ops import (
     MaskedWeightSlots,
+    gemminer_mask,
     gemminer_masked_weight,
     gemminer_step_,
     kth_value,
@@ -58,25 +69,6 @@ class MiningWarning(UserWarning):
     """Gem-Miner's mask barely moved from its random initial ranking (the learning rate is too small)."""
 
 
-class _ScoreMask(nn.Module):
-    """Parametrization: weight -> gemminer_masked_weight(weight, scores, flags) for one layer.
-
-    ``scores`` is this layer's trainable Parameter, a view into the miner's flat scores; ``flags``
-    and ``slots`` (its slice of the flat score gradient, and one uint8 saying whether this step's
-    gradient already went there: ``MaskedWeightSlots``) are views into the miner's flat buffers,
-    kept as plain attributes (the miner's own state_dict carries the state).
-    """
-
-    def __init__(self, scores: nn.Parameter, flags: torch.Tensor, slots: MaskedWeightSlots) -> None:
-        super().__init__()
-        self.scores = scores
-        self.flags, self.slots = flags, slots
-        self.offset_bytes = 0  # where in gm.scores' memory this layer's view starts (set by the miner)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return gemminer_masked_weight(weight, self.scores, self.flags, slots=self.slots)
-
-
 def _view_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A view of the 1-D ``flat`` with ``like``'s shape and memory order (row-major or channels_last)."""
     order = memory_order(like)
@@ -87,6 +79,107 @@ def _view_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         batch, channels, depth, height, width = like.shape
         return flat.view(batch, depth, height, width, channels).permute(0, 4, 1, 2, 3)
     return flat.view(like.shape)
+
+
+def _storage_users(tensor: torch.Tensor) -> int:
+    """How many tensors (and storage objects) hold ``tensor``'s memory now."""
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+def _no_masked_weights() -> None:
+    """What a copied or unpickled ``_MaskedWeights`` becomes."""
+    return None
+
+
+class _MaskedWeights:
+    """Every layer's masked weight ``weight * 1[score > 0.5] * flag`` in one flat buffer
+    (``buffer``, one view per layer in the weight's shape and memory order), written by the score
+    step and, when stale, recomputed in one flat pass by the first forward that needs it.
+
+    Current: the version counters of the flat scores, flags, weights and of the buffer itself
+    equal those recorded when it was last written (in-place ops on any of them or their views bump
+    them; ``gemminer_step_`` does not, and the step records them after writing). A buffer that
+    something else still holds (a graph kept over the step, a caller's tensor) is never written
+    over: it is replaced by a fresh one. A deep copy or a pickle of the model gets None in its place
+    (the copied tensors no longer share version counters): the copy computes each forward's.
+    """
+
+    def __reduce__(self) -> tuple:
+        return _no_masked_weights, ()
+
+    def __init__(self, scores: torch.Tensor, flags: torch.Tensor, weights: torch.Tensor,
+                 layers: list[tuple[slice, torch.Tensor]]) -> None:
+        self.scores, self.flags, self.weights = scores, flags, weights
+        self._layers = layers  # (slice of the flat buffers, a tensor of the layer's shape and memory order)
+        self.buffer, self.views, self._own_users = torch.empty(0), [], 0
+        self._written: tuple[int, ...] | None = None  # the versions when the buffer was last written
+        self.read = False  # whether a forward returned a view since the last step
+        self.refresh()
+
+    def _bind(self, buffer: torch.Tensor) -> None:
+        """Make ``buffer`` the flat masked weights (and its per-layer views)."""
+        self.buffer = buffer
+        self.views = [_view_like(buffer[part], like) for part, like in self._layers]
+        self._own_users = _storage_users(buffer)  # the buffer and its views: no one else
+
+    def _versions(self) -> tuple[int, ...]:
+        return self.scores._version, self.flags._version, self.weights._version, self.buffer._version
+
+    def view(self, index: int) -> torch.Tensor:
+        """Layer ``index``'s masked weight, recomputed (all layers, one pass) if stale."""
+        if self._written != self._versions():
+            self.refresh()
+        self.read = True
+        return self.views[index]
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute every masked weight from the current scores, flags and weights (one flat pass,
+        into fresh memory: a tensor a graph or a caller still holds keeps its values)."""
+        self._bind(gemminer_mask(self.weights, self.scores.detach(), self.flags))
+        self._written = self._versions()
+
+    def step_outputs(self) -> dict[str, torch.Tensor]:
+        """The ``weights``/``masked_out`` arguments of the score step: empty when no forward read
+        the buffer since the last step (a compiled forward computes its own; the next eager one
+        recomputes), else with a fresh buffer in place of one that something else holds."""
+        self._written = None  # stale until written() (a step that fails leaves it stale)
+        if not self.read:
+            return {}
+        self.read = False
+        if _storage_users(self.buffer) != self._own_users:
+            self._bind(torch.empty_like(self.buffer))
+        return {"weights": self.weights, "masked_out": self.buffer}
+
+    def written(self) -> None:
+        """Record that the step just wrote the buffer for the updated scores."""
+        self._written = self._versions()
+
+
+class _ScoreMask(nn.Module):
+    """Parametrization: weight -> gemminer_masked_weight(weight, scores, flags) for one layer.
+
+    ``scores`` is this layer's trainable Parameter, a view into the miner's flat scores; ``flags``
+    and ``slots`` (its slice of the flat score gradient, and one uint8 saying whether this step's
+    gradient already went there: ``MaskedWeightSlots``) are views into the miner's flat buffers,
+    kept as plain attributes (the miner's own state_dict carries the state). ``masked_weights``
+    (shared by the miner's layers, None when there is no flat weight buffer) holds the masked
+    weight computed ahead; the forward returns it (eager only: a compiled forward computes it).
+    """
+
+    def __init__(self, scores: nn.Parameter, flags: torch.Tensor, slots: MaskedWeightSlots,
+                 masked_weights: _MaskedWeights | None = None, index: int = 0) -> None:
+        super().__init__()
+        self.scores = scores
+        self.flags, self.slots = flags, slots
+        self.masked_weights, self.index = masked_weights, index
+        self.offset_bytes = 0  # where in gm.scores' memory this layer's view starts (set by the miner)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        masked = None
+        if self.masked_weights is not None and not torch.compiler.is_compiling():
+            masked = self.masked_weights.view(self.index)
+        return gemminer_masked_weight(weight, self.scores, self.flags, slots=self.slots, masked=masked)
 
 
 def freezing_steps(epochs: int, period: int) -> int:
@@ -173,6 +266,7 @@ class GemMiner:
         for weight in self.weights:
             self.slices[weight.name] = slice(start, start + weight.tensor.numel())
             start += weight.tensor.numel()
+        self.flat_weights = self._flatten_weights()  # None: weights of several dtypes, or parametrized
         device = self.weights[0].tensor.device
         # No seed: torch's global RNG (torch.manual_seed); a seed: its own generator, global RNG untouched.
         generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
@@ -183,6 +277,10 @@ class GemMiner:
         self._grad = torch.zeros(start, device=device)
         self.scores.grad = self._grad
         self._claimed = torch.zeros(len(self.weights), dtype=torch.uint8, device="cpu")  # host flags, reset every step
+        self._masked: _MaskedWeights | None = None  # the layers' masked weights, kept by the score step
+        if self.flat_weights is not None:
+            self._masked = _MaskedWeights(self.scores, self.flags, self.flat_weights,
+                                          [(self.slices[weight.name], weight.tensor) for weight in self.weights])
         self._score_masks: list[_ScoreMask] = []  # per layer: its scores Parameter and gradient slot
         for index, weight in enumerate(self.weights):
             part, tensor = self.slices[weight.name], weight.tensor
@@ -190,7 +288,7 @@ class GemMiner:
             # the kernels then read weight, scores and flags flat, with no copy
             layer_scores = nn.Parameter(_view_like(self.scores.detach()[part], tensor))  # shares the flat storage
             slots = MaskedWeightSlots(_view_like(self._grad[part], tensor), self._claimed[index:index + 1])
-            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor), slots)
+            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor), slots, self._masked, index)
             score_mask.offset_bytes = part.start * self.scores.element_size()  # where its view must start
             parametrize.register_parametrization(weight.module, weight.attr, score_mask, unsafe=True)
             self._score_masks.append(score_mask)
@@ -198,6 +296,28 @@ class GemMiner:
         self._initial_top = self._top_scores()  # packed: which scores start in the top `density`
         self.freezes_done = 0
         self.epoch = 0  # epoch_end calls so far (or the last epoch passed to it)
+
+    @torch.no_grad()
+    def _flatten_weights(self) -> torch.Tensor | None:
+        """Move the prunable weights into one flat buffer: each becomes a Parameter viewing it (in
+        its memory order, frozen), under the same name. None (weights left as they are) when they
+        differ in dtype or device, or are parametrized already: those models compute each masked
+        weight in its layer's forward.
+
+        The Parameters replaced are remembered weakly: ``finish()`` puts one that is still alive
+        back (an optimizer made before the miner, a module sharing the weight, hold it)."""
+        stored = [weight.tensor for weight in self.weights]
+        already_parametrized = any(parametrize.is_parametrized(weight.module, weight.attr) for weight in self.weights)
+        self._replaced: list[weakref.ref] = []
+        if already_parametrized or len({(tensor.dtype, tensor.device) for tensor in stored}) != 1:
+            return None
+        flat = torch.empty(sum(tensor.numel() for tensor in stored), dtype=stored[0].dtype, device=stored[0].device)
+        self._replaced = [weakref.ref(tensor) for tensor in stored]
+        for weight, tensor in zip(self.weights, stored):
+            view = _view_like(flat[self.slices[weight.name]], tensor)
+            view.copy_(tensor)
+            setattr(weight.module, weight.attr, nn.Parameter(view, requires_grad=False))
+        return flat
 
     @staticmethod
     def lr_for(steps: int) -> float:
@@ -244,14 +364,30 @@ class GemMiner:
 
     def step(self) -> torch.Tensor:
         """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; clears the
-        score gradient. Returns the number of weights in the mask (p > 0.5 and not frozen) as a 0-d
-        int64 tensor on the scores' device: nothing waits for the GPU here; ``int()`` it when the
-        number is needed (that waits)."""
+        score gradient. The same pass writes the masked weights the next forward returns. Returns
+        the number of weights in the mask (p > 0.5 and not frozen) as a 0-d int64 tensor on the
+        scores' device: nothing waits for the GPU here; ``int()`` it when the number is needed
+        (that waits)."""
         grad = self.gradient()
+        masked = self._masked.step_outputs() if self._masked is not None else {}
         kept = gemminer_step_(self.scores.detach(), grad, self.momentum_buffer, self.flags,
-                              lr=self.lr, momentum=self.momentum, l2=self.l2, as_tensor=True)
+                              lr=self.lr, momentum=self.momentum, l2=self.l2, as_tensor=True, **masked)
+        if masked:
+            self._masked.written()
         self.zero_grad()
         return kept
+
+    def refresh_masked(self) -> None:
+        """Recompute every layer's masked weight now. Only needed after an edit the version counters
+        do not see (through ``.data``); in-place edits of the scores, flags or weights are noticed."""
+        if self._masked is not None:
+            self._masked.refresh()
+
+    @property
+    def masked(self) -> torch.Tensor | None:
+        """The flat buffer of the layers' masked weights (in ``gm.flat_weights``' order), as the
+        last step or refresh wrote it; None when the weights are not in one flat buffer."""
+        return self._masked.buffer if self._masked is not None else None
 
     def zero_grad(self) -> None:
         """Forget this step's score gradient (every layer's ``.grad`` back to None)."""
@@ -443,15 +579,37 @@ class GemMiner:
 
     def finish(self) -> Ticket:
         """Remove the score parametrizations: weights back at their initialization with the
-        ticket's pruned weights zeroed, every parameter trainable again. Returns the ticket."""
+        ticket's pruned weights zeroed, every parameter trainable again. Returns the ticket.
+
+        Each weight is its own tensor again, no longer a view of ``gm.flat_weights``: the Parameter
+        it replaced when that one is still alive (an optimizer made before the miner holds it), else
+        a new Parameter."""
         ticket = self.ticket()
         self._legacy_hook.remove()
         for weight in self.weights:
             parametrize.remove_parametrizations(weight.module, weight.attr, leave_parametrized=False)
+        if self.flat_weights is not None:
+            self._unflatten_weights()
         for parameter in self.model.parameters():
             parameter.requires_grad_(True)
         ticket.apply_(self.model)
         return ticket
+
+    @torch.no_grad()
+    def _unflatten_weights(self) -> None:
+        """Give each weight its own memory again (see ``finish``)."""
+        for weight, replaced in zip(self.weights, self._replaced):
+            view, previous = getattr(weight.module, weight.attr), replaced()
+            if previous is not None and previous.shape == view.shape and previous.dtype == view.dtype:
+                previous.copy_(view)
+                setattr(weight.module, weight.attr, previous)
+            else:
+                setattr(weight.module, weight.attr,
+                        nn.Parameter(view.clone(memory_format=torch.preserve_format), requires_grad=False))
+        self._replaced = []
+        self.flat_weights, self._masked = None, None
+        for score_mask in self._score_masks:
+            score_mask.masked_weights = None
 
     # ----------------------------------------------------------------- Method protocol
     name = "gemminer"  # its key in sparseticket.METHODS
@@ -462,12 +620,16 @@ class GemMiner:
         return [score_mask.scores for score_mask in self._score_masks]
 
     def check_placement(self) -> None:
-        """RuntimeError if a layer's scores no longer share memory with ``gm.scores`` (model moved or cast)."""
+        """RuntimeError if a layer's scores no longer share memory with ``gm.scores``, or its weight
+        with ``gm.flat_weights`` (model moved or cast)."""
         flat = self.scores.untyped_storage().data_ptr()
+        weights = self.flat_weights.untyped_storage().data_ptr() if self.flat_weights is not None else None
         for weight, score_mask in zip(self.weights, self._score_masks):
-            scores = score_mask.scores
-            if scores.untyped_storage().data_ptr() != flat:
-                raise RuntimeError(
-                    f"GemMiner: the scores of {weight.name} ({scores.device}, {scores.dtype}) no longer share "
-                    f"memory with gm.scores ({self.scores.device}): the model was moved or cast after "
-                    "GemMiner was created. Move the model to its device and dtype first, then create GemMiner")
+            for what, tensor, base, where in (("scores", score_mask.scores, flat, "gm.scores"),
+                                              ("weight", weight.stored, weights, "gm.flat_weights")):
+                if base is not None and tensor.untyped_storage().data_ptr() != base:
+                    raise RuntimeError(
+                        f"GemMiner: the {what} of {weight.name} ({tensor.device}, {tensor.dtype}) no longer "
+                        f"share{'' if what == 'scores' else 's'} memory with {where} ({self.scores.device}): "
+                        "the model was moved or cast after "
+                        "GemMiner was created. Move the model to its device and dtype first, then create GemMiner")

@@ -10,11 +10,12 @@ the argument, or returns the arguments the kernels may trust:
 - read-only inputs laid out in their in-place target's (or weight's) memory order, row-major or
   channels_last (a copy when they are not: a strided view is never read as if it were flat);
   in-place targets must already be contiguous or channels_last (a copy would drop the update);
-- scalars finite, counts and ranks in range.
+- scalars finite, counts and ranks in range;
+- in-place outputs that share no memory with each other or with the inputs (where an op says so).
 
 The contracts only read metadata, so they also run on fake tensors (``torch.compile`` tracing).
-``masked_weight_slots``, ``slots_fit_scores`` and ``scale_columns`` are the contracts of the eager
-ops that are not ``torch.library`` ops (their C++ paths check the same in C++).
+``masked_weight_slots``, ``slots_fit_scores``, ``precomputed_fits`` and ``scale_columns`` are the
+contracts of the eager ops that are not ``torch.library`` ops (their C++ paths check the same in C++).
 """
 
 from __future__ import annotations
@@ -218,18 +219,66 @@ def gemminer_mask_backward(grad: object, weight: object, scores: object, flags: 
             need_weight, need_scores)
 
 
+def _byte_span(tensor: torch.Tensor) -> tuple[int, int]:
+    """The bytes of its storage from a (non-empty) tensor's first element to its last, end excluded."""
+    last = sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
+    start = tensor.storage_offset() * tensor.element_size()
+    return start, start + (last + 1) * tensor.element_size()
+
+
+def _memory(tensor: torch.Tensor) -> tuple[int, int, int] | None:
+    """(storage, first byte, end byte) a non-empty tensor reaches, from its first element to its
+    last (strided views that interleave count as overlapping); None when empty. Reads metadata
+    only, so it also answers for fake and meta tensors."""
+    if not tensor.numel():
+        return None
+    return (tensor.untyped_storage()._cdata, *_byte_span(tensor))
+
+
+def check_no_aliasing(outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+    """ValueError naming the arguments when an in-place output shares memory with another output
+    or with an input (a kernel would read values it already overwrote)."""
+    spans = {name: _memory(tensor) for name, tensor in (*outputs.items(), *inputs.items())}
+    checked: list[str] = []
+    for name in outputs:
+        for other in (*checked, *inputs):
+            mine, theirs = spans[name], spans[other]
+            if mine and theirs and mine[0] == theirs[0] and mine[1] < theirs[2] and theirs[1] < mine[2]:
+                raise ValueError(f"{name} must not share memory with {other} ({name} is written in place): "
+                                 "pass separate tensors")
+        checked.append(name)
+
+
 def gemminer_step_(scores: object, grads: object, momentum_buffer: object, flags: object, lr: object,
-                   momentum: object, l2: object) -> tuple:
+                   momentum: object, l2: object, weights: object = None, masked_out: object = None) -> tuple:
     """``scores`` and ``momentum_buffer`` float, contiguous (updated in place); ``grads`` float and
-    ``flags`` bool, all of one shape; ``lr``, ``momentum``, ``l2`` finite."""
+    ``flags`` bool, all of one shape; ``lr``, ``momentum``, ``l2`` finite. ``weights`` (float) and
+    ``masked_out`` (weights' dtype, contiguous, written) come both or neither, in that shape. The
+    outputs (scores, momentum_buffer, masked_out) share no memory with each other or an input."""
     check_tensor("scores", scores, FLOAT_DTYPES)
     for name, tensor, dtypes in (("grads", grads, FLOAT_DTYPES), ("momentum_buffer", momentum_buffer, FLOAT_DTYPES),
                                  ("flags", flags, (torch.bool,))):
         _check_like(name, tensor, dtypes, "scores", scores)
     check_contiguous("scores", scores)
     check_contiguous("momentum_buffer", momentum_buffer)
+    if (weights is None) != (masked_out is None):
+        given, missing = ("weights", "masked_out") if masked_out is None else ("masked_out", "weights")
+        raise ValueError(f"{given} needs {missing}: pass both (the masked weights are written) or neither")
+    outputs = {"scores": scores, "momentum_buffer": momentum_buffer}
+    inputs = {"grads": grads, "flags": flags}
+    if weights is not None:
+        _check_like("weights", weights, FLOAT_DTYPES, "scores", scores)
+        _check_like("masked_out", masked_out, FLOAT_DTYPES, "scores", scores)
+        if masked_out.dtype != weights.dtype:
+            raise TypeError(f"masked_out must have the dtype of weights ({str(weights.dtype).removeprefix('torch.')}), "
+                            f"got {str(masked_out.dtype).removeprefix('torch.')}")
+        check_contiguous("masked_out", masked_out)
+        outputs["masked_out"] = masked_out
+        inputs["weights"] = weights
+        weights = _readable(weights)
+    check_no_aliasing(outputs, inputs)
     return (scores, _readable(grads), momentum_buffer, _readable(flags), check_float("lr", lr),
-            check_float("momentum", momentum), check_float("l2", l2))
+            check_float("momentum", momentum), check_float("l2", l2), weights, masked_out)
 
 
 def masked_weight_slots(grad_slot: object, claimed: object) -> tuple:
@@ -257,6 +306,17 @@ def slots_fit_scores(grad_slot: torch.Tensor, scores: torch.Tensor) -> None:
                          "(grad_slot is written in place): was the model moved or converted "
                          "(model.to(memory_format=...)) after the GemMiner was made? Convert the model first, "
                          "then create the GemMiner")
+
+
+def precomputed_fits(masked: torch.Tensor, weight: torch.Tensor, scores: torch.Tensor) -> None:
+    """A precomputed masked weight (``gemminer_masked_weight(..., masked=)``) must have weight's
+    shape, dtype and device, in the scores' memory order (it is returned as the result)."""
+    check_tensor("masked", masked, (weight.dtype,), weight.device)
+    check_same_shape("masked", masked, "weight", weight)
+    if memory_order(masked) is None or memory_order(masked) != memory_order(scores):
+        raise ValueError("masked must be laid out like scores (contiguous or channels_last, one memory order): "
+                         "was the model moved or converted (model.to(memory_format=...)) after the GemMiner was "
+                         "made? Convert the model first, then create the GemMiner")
 
 
 def scale_columns(weight: object, coefficients: object, width: object) -> tuple:

@@ -1,5 +1,6 @@
 """Gem-Miner ops: the score-masked weight (straight-through gradient), the same with its scores
-gradient written into a caller's slot (GemMiner's per-layer hot path), and the fused score step."""
+gradient written into a caller's slot (GemMiner's per-layer hot path), and the fused score step
+(which can also write the masked weights the next forward returns)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ _mask_backward_op = define_op(
 _step_op = define_op(
     "gemminer_step_",
     "(Tensor(a!) scores, Tensor grads, Tensor(b!) momentum_buffer, Tensor flags, float lr, "
-    "float momentum, float l2) -> Tensor",
+    "float momentum, float l2, Tensor? weights=None, Tensor(c!)? masked_out=None) -> Tensor",
 )
 
 
@@ -40,7 +41,7 @@ def _mask_backward_fake(grad, weight, scores, flags, need_weight, need_scores):
 
 
 @register_fake("gemminer_step_")
-def _step_fake(scores, grads, momentum_buffer, flags, lr, momentum, l2):
+def _step_fake(scores, grads, momentum_buffer, flags, lr, momentum, l2, weights=None, masked_out=None):
     return scores.new_empty((), dtype=torch.int64)
 
 
@@ -71,12 +72,14 @@ def gemminer_mask(weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tenso
 
 @overload
 def gemminer_step_(scores: torch.Tensor, grads: torch.Tensor, momentum_buffer: torch.Tensor, flags: torch.Tensor,
-                   *, lr: float, momentum: float = ..., l2: float = ..., as_tensor: Literal[False] = ...) -> int: ...
+                   *, lr: float, momentum: float = ..., l2: float = ..., weights: torch.Tensor | None = ...,
+                   masked_out: torch.Tensor | None = ..., as_tensor: Literal[False] = ...) -> int: ...
 
 
 @overload
 def gemminer_step_(scores: torch.Tensor, grads: torch.Tensor, momentum_buffer: torch.Tensor, flags: torch.Tensor,
-                   *, lr: float, momentum: float = ..., l2: float = ..., as_tensor: Literal[True]) -> torch.Tensor: ...
+                   *, lr: float, momentum: float = ..., l2: float = ..., weights: torch.Tensor | None = ...,
+                   masked_out: torch.Tensor | None = ..., as_tensor: Literal[True]) -> torch.Tensor: ...
 
 
 def gemminer_step_(
@@ -88,6 +91,8 @@ def gemminer_step_(
     lr: float,
     momentum: float = 0.9,
     l2: float = 0.0,
+    weights: torch.Tensor | None = None,
+    masked_out: torch.Tensor | None = None,
     as_tensor: bool = False,
 ) -> int | torch.Tensor:
     """One fused SGD-with-momentum step on Gem-Miner scores, clamped to [0, 1], in place.
@@ -97,14 +102,27 @@ def gemminer_step_(
     ``task + l2*||p||^2`` followed by a clamp. Returns the number of entries with p > 0.5 and
     flags after the update: a Python int (this waits for the GPU), or with ``as_tensor=True`` a
     0-d int64 tensor on the scores' device (nothing waits: what a per-step hook wants).
+
+    ``weights`` and ``masked_out`` (both or neither; the scores' shape, ``masked_out`` contiguous
+    in the weights' dtype): the same pass also writes ``masked_out = weights`` where the updated
+    score > 0.5 and ``flags``, else 0 (a select: inf and NaN weights stay out of pruned entries),
+    i.e. ``gemminer_mask(weights, scores, flags)`` of the updated scores, bit for bit. No output
+    (scores, momentum_buffer, masked_out) may share memory with another argument.
     """
     require_tensors(scores=scores, grads=grads, momentum_buffer=momentum_buffer, flags=flags)
+    if weights is not None:
+        require_tensors(weights=weights)
+        weights = weights.detach()
+    if masked_out is not None:
+        require_tensors(masked_out=masked_out)
+        masked_out = masked_out.detach()
     lr = check_float("lr", lr)
     momentum = check_float("momentum", momentum)
     l2 = check_float("l2", l2)
     if not isinstance(as_tensor, bool):
         raise TypeError(f"as_tensor must be a bool, got {type(as_tensor).__name__}")
-    kept = _step_op(scores.detach(), grads.detach(), momentum_buffer.detach(), flags, lr, momentum, l2)
+    kept = _step_op(scores.detach(), grads.detach(), momentum_buffer.detach(), flags, lr, momentum, l2, weights,
+                    masked_out)  # the op checks both or neither, dtypes, shapes and aliasing
     return kept if as_tensor else int(kept.item())
 
 
@@ -140,13 +158,17 @@ class MaskedWeightSlots:
 class _MaskedWeight(torch.autograd.Function):
     """``gemminer_mask`` on the Triton or reference kernels whose first scores gradient of a step
     goes into ``slots.grad_slot`` (what ``sparseticket_cpu::gemminer_masked_weight`` does in C++,
-    csrc/gemminer_autograd.cpp)."""
+    csrc/gemminer_autograd.cpp). With ``masked`` (its value computed ahead) it returns that
+    memory instead of computing."""
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, scores: torch.Tensor, flags: torch.Tensor,
-                slots: MaskedWeightSlots) -> torch.Tensor:
+                slots: MaskedWeightSlots, masked: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(weight, flags)
         ctx.scores, ctx.slots = scores, slots  # the leaf itself: backward reads whether it has a .grad
+        if masked is not None:
+            # a new tensor object (not a view) on masked's memory, sharing its version counter
+            return masked.detach()
         return _mask_op(weight, scores, flags)
 
     @staticmethod
@@ -158,7 +180,7 @@ class _MaskedWeight(torch.autograd.Function):
         if need_scores and scores.grad is None and slots.claim(scores):
             slots.grad_slot.copy_(grad_scores)
             grad_scores = slots.grad_slot.view_as(slots.grad_slot)  # adopted as scores.grad
-        return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None)
+        return (grad_weight if need_weight else None, grad_scores if need_scores else None, None, None, None)
 
 
 def gemminer_masked_weight(
@@ -167,6 +189,7 @@ def gemminer_masked_weight(
     flags: torch.Tensor,
     *,
     slots: MaskedWeightSlots | None = None,
+    masked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``gemminer_mask(weight, scores, flags)`` (same values, same straight-through gradients in
     ``weight`` and ``scores``) whose scores gradient lands in ``slots.grad_slot`` (see
@@ -176,15 +199,31 @@ def gemminer_masked_weight(
     backward; the masked weight reuses ``slots.output``). Otherwise (CUDA, the Triton or reference
     CPU backends) an autograd.Function over the ``gemminer_mask`` kernels. Without ``slots``, or
     while ``torch.compile`` traces, it is ``gemminer_mask`` (the gradient goes to ``scores.grad``).
+
+    ``masked`` (with ``slots``): ``gemminer_mask(weight, scores, flags)`` computed ahead, e.g. by
+    ``gemminer_step_(..., masked_out=...)``, of weight's shape and dtype in the scores' memory
+    order. It is returned (a new tensor on its memory that shares its version counter: an in-place
+    edit of the result shows in ``masked._version``) and nothing is computed; the gradients are
+    the same. The caller vouches that it is current. While ``torch.compile`` traces (and on the
+    C++ kernels under ``torch.inference_mode``) the value is computed instead (the same numbers).
     """
     require_tensors(weight=weight, scores=scores, flags=flags)
     if slots is not None and not isinstance(slots, MaskedWeightSlots):
         raise TypeError(f"slots must be a MaskedWeightSlots or None, got {type(slots).__name__}")
+    if masked is not None:
+        require_tensors(masked=masked)
+        if slots is None:
+            raise ValueError("masked needs slots (the precomputed weight is returned on the slot path)")
     if slots is None or torch.compiler.is_compiling():
         return _mask_op(weight, scores, flags)  # the op checks dtypes, devices and shapes
     if weight.device.type == "cpu" and cpp_runs_cpu_ops():  # the C++ op checks its arguments itself
+        if masked is not None:
+            return cpp_kernels().gemminer_masked_weight(weight, scores, flags, slots.grad_slot, slots.claimed,
+                                                        masked, True)
         return cpp_kernels().gemminer_masked_weight(weight, scores, flags, slots.grad_slot, slots.claimed,
-                                                    slots.output.like(scores, weight.dtype))
+                                                    slots.output.like(scores, weight.dtype), False)
     contracts.gemminer_mask(weight, scores, flags)  # the C++ op's checks, in its order: the arguments,
     contracts.slots_fit_scores(slots.grad_slot, scores)  # then the slot
-    return _MaskedWeight.apply(weight, scores, flags, slots)
+    if masked is not None:
+        contracts.precomputed_fits(masked, weight, scores)
+    return _MaskedWeight.apply(weight, scores, flags, slots, masked)

@@ -45,10 +45,13 @@ def gemminer_step_(
     lr: float,
     momentum: float,
     l2: float,
+    weights: torch.Tensor | None = None,
+    masked_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Where flags: v <- momentum*v + g + 2*l2*p; p <- clamp(p - lr*v, 0, 1) (fp32 math).
 
-    Returns the number of entries with p > 0.5 and flags after the update (0-d int64).
+    Returns the number of entries with p > 0.5 and flags after the update (0-d int64). With
+    ``weights``, also ``masked_out <- gemminer_mask(weights, updated scores, flags)``.
     """
     p = scores.to(torch.float32)
     v = momentum_buffer.to(torch.float32)
@@ -57,4 +60,6 @@ def gemminer_step_(
     p_new = torch.clamp(p - lr * v_new, 0.0, 1.0)
     momentum_buffer.copy_(torch.where(flags, v_new, v).to(momentum_buffer.dtype))
     scores.copy_(torch.where(flags, p_new, p).to(scores.dtype))
+    if masked_out is not None:
+        masked_out.copy_(gemminer_mask(weights, scores, flags))
     return ((scores > 0.5) & flags).sum()
