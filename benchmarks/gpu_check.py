@@ -209,6 +209,13 @@ def correctness(device: torch.device, dry: bool) -> dict:
         got = [scores.to(device), buffer.to(device)]
         kernels.gemminer_step_(got[0], grads.to(device), got[1], flags.to(device), 0.1, 0.9, 1e-4)
         same(f"gemminer_step_ ({dtype})", got, want, exact=False)
+        weights = torch.randn(sizes[-1], generator=generator).to(dtype)  # GemMiner's call: + next masked weights
+        want = [scores.clone(), buffer.clone(), torch.empty_like(weights)]
+        reference.gemminer_step_(want[0], grads, want[1], flags, 0.1, 0.9, 1e-4, weights, want[2])
+        got = [scores.to(device), buffer.to(device), torch.empty_like(weights, device=device)]
+        kernels.gemminer_step_(got[0], grads.to(device), got[1], flags.to(device), 0.1, 0.9, 1e-4,
+                               weights.to(device), got[2])
+        same(f"gemminer_step_ with masked weights ({dtype})", got, want, exact=False)
         # the masked optimizer steps compute in float32 and round once: the float32 reference, rounded
         params = [torch.randn(n, generator=generator).to(dtype) for n in sizes[:3]]
         step_grads = [torch.randn_like(p) for p in params]

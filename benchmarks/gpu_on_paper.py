@@ -181,8 +181,9 @@ def truncate_eager(shapes: Sequence[Shape], per_channel: bool, l1: bool, factor_
 
 
 def gemminer_step_bytes(count: int) -> int:
-    """gemminer_step_kernel per element: read scores, momentum, grads (fp32), flags (bool); write scores, momentum."""
-    return count * (5 * F32 + BOOL)
+    """gemminer_step_kernel per element, as GemMiner calls it: read scores, momentum, grads, frozen weights
+    (fp32), flags (bool); write scores, momentum and the next forward's masked weight."""
+    return count * (7 * F32 + BOOL)
 
 
 def gemminer_step_fused(shapes: Sequence[Shape]) -> Cost:
@@ -191,15 +192,14 @@ def gemminer_step_fused(shapes: Sequence[Shape]) -> Cost:
 
 
 def gemminer_mask_bytes(shapes: Sequence[Shape]) -> int:
-    """Forward (read w, s, f; write out) + backward with frozen weights (read grad, f, w; write grad_s)."""
-    forward = 3 * F32 + BOOL
-    backward = 3 * F32 + BOOL
-    return total(shapes) * (forward + backward)
+    """The backward with frozen weights (read grad, f, w; write grad_s); the forward returns the masked
+    weight the score step wrote (no kernel)."""
+    return total(shapes) * (3 * F32 + BOOL)
 
 
 def gemminer_mask_fused(shapes: Sequence[Shape]) -> Cost:
-    """One forward and one backward launch per layer (a single-tensor kernel)."""
-    return Cost(gemminer_mask_bytes(shapes), 2 * len(shapes))
+    """One backward launch per layer (a single-tensor kernel)."""
+    return Cost(gemminer_mask_bytes(shapes), len(shapes))
 
 
 def kth_bytes(count: int) -> int:
@@ -266,7 +266,8 @@ def network_rows(prunable: Sequence[Shape], norms: Sequence[Shape]) -> list[Row]
     bn_loop = truncate_eager(norms, True, True, F32) + truncate_eager(norms, True, False, F32)
     bn_peer = foreach_ops(norms, EARLYBIRD_L1_PEER) + foreach_ops(affine, WORM_SCALE_PEER)
     flat = [(total(prunable),)]  # Gem-Miner's scores live in one flat buffer
-    mask = eager_loop(prunable, GEMMINER_MASK_FORWARD_EAGER) + eager_loop(prunable, GEMMINER_MASK_BACKWARD_EAGER)
+    forward_mask = eager_loop(prunable, GEMMINER_MASK_FORWARD_EAGER)  # the peers compute it in the forward
+    backward_mask = eager_loop(prunable, GEMMINER_MASK_BACKWARD_EAGER)
     return [
         Row("truncate_grads_ EarlyBird/WORM (norm gamma+beta, per-channel, l1)", "step",
             truncate_fused(affine, True, True), bn_peer, bn_loop),
@@ -277,10 +278,10 @@ def network_rows(prunable: Sequence[Shape], norms: Sequence[Shape]) -> list[Row]
             masked_step_peer(prunable, SGD_FUSED_DENSE), eager_loop(prunable, SGD_LOOP_EAGER)),
         Row("masked_adam_ IMP/ticket step (AdamW)", "step", masked_step_fused(prunable, ADAMW_FUSED_DENSE),
             masked_step_peer(prunable, ADAMW_FUSED_DENSE)),
-        Row("gemminer_step_ (flat scores)", "step",
-            gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER),
-            eager_loop(prunable, GEMMINER_STEP_EAGER)),
-        Row("gemminer_mask forward + backward", "step", gemminer_mask_fused(prunable), mask, mask),
+        Row("gemminer_step_ (flat scores) + next masked weights / forward mask", "step",
+            gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER) + forward_mask,
+            eager_loop(prunable, GEMMINER_STEP_EAGER) + forward_mask),
+        Row("gemminer_mask backward", "step", gemminer_mask_fused(prunable), backward_mask, backward_mask),
         Row("kth_value over all prunable abs(w)", "round/epoch", kth_fused(prunable), kth_eager(prunable)),
         Row(f"mask_distances (norm channels, K={HISTORY_ROWS})", "epoch",
             mask_distances_fused(norms), mask_distances_eager(norms)),

@@ -40,9 +40,10 @@ def test_truncate_costs():
 
 
 def test_gemminer_step_costs():
-    # read scores, momentum, grads 4 B each + flags 1 B; write scores, momentum 4 B each
-    assert paper.gemminer_step_bytes(10) == 210
-    assert paper.gemminer_step_fused([(2, 5)]) == paper.Cost(210, 1, 1)
+    # read scores, momentum, grads, frozen weights 4 B each + flags 1 B; write scores, momentum and the
+    # next forward's masked weight 4 B each
+    assert paper.gemminer_step_bytes(10) == 290
+    assert paper.gemminer_step_fused([(2, 5)]) == paper.Cost(290, 1, 1)
     assert paper.eager_loop([(10,), (3,)], paper.GEMMINER_STEP_EAGER) == paper.Cost(13 * 103, 26)
 
 
@@ -62,16 +63,17 @@ def test_rows_carry_the_peer_and_the_per_layer_loop():
     prunable, norms = paper.network_parts(paper.networks()["ResNet-50"])
     rows = {row.op.split(" ")[0] + row.op.split(" ")[1]: row for row in paper.network_rows(prunable, norms)}
     step = rows["gemminer_step_(flat"]
-    assert step.eager == paper.eager_loop([(paper.total(prunable),)], paper.GEMMINER_STEP_PEER)
-    assert step.loop == paper.eager_loop(prunable, paper.GEMMINER_STEP_EAGER)
+    forward_mask = paper.eager_loop(prunable, paper.GEMMINER_MASK_FORWARD_EAGER)  # peers mask in the forward
+    assert step.eager == paper.eager_loop([(paper.total(prunable),)], paper.GEMMINER_STEP_PEER) + forward_mask
+    assert step.loop == paper.eager_loop(prunable, paper.GEMMINER_STEP_EAGER) + forward_mask
     predicted = paper.predicted_seconds
     assert predicted(step.loop) > predicted(step.eager) > predicted(step.fused)
 
 
 def test_gemminer_mask_costs():
-    # forward 4+4+1 read, 4 write; backward (weights frozen) 4+1+4 read, 4 write
-    assert paper.gemminer_mask_bytes([(2, 3), (4,)]) == 10 * 26
-    assert paper.gemminer_mask_fused([(2, 3), (4,)]) == paper.Cost(260, 4, 0)
+    # the forward returns the masked weight the score step wrote; backward (weights frozen) 4+1+4 read, 4 write
+    assert paper.gemminer_mask_bytes([(2, 3), (4,)]) == 10 * 13
+    assert paper.gemminer_mask_fused([(2, 3), (4,)]) == paper.Cost(130, 2, 0)
     forward = paper.eager_loop([(10,)], paper.GEMMINER_MASK_FORWARD_EAGER)
     backward = paper.eager_loop([(10,)], paper.GEMMINER_MASK_BACKWARD_EAGER)
     assert forward + backward == paper.Cost(10 * (17 + 21), 5)
