@@ -30,25 +30,31 @@ def vgg_small(classes: int = 10, width: int = 16, in_channels: int = 1) -> nn.Se
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes))
 
 
-def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """A bias-free 3x3 convolution with padding 1."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+_BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dims: int = 2) -> nn.Module:
+    """A bias-free convolution of kernel 3 (3x3 in 2-D) with padding 1."""
+    return _CONV[dims](in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
 class BasicBlock(nn.Module):
-    """Post-activation block: relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)); 1x1 conv+BN shortcut on shape change."""
+    """Post-activation block: relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)); 1x1 conv+BN shortcut on shape
+    change. ``dims``: 2 for images, 1 for signals (Conv1d, BatchNorm1d)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = _conv3x3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        batch_norm = _BATCH_NORM[dims]
+        self.conv1 = _conv3x3(in_channels, out_channels, stride, dims)
+        self.bn1 = batch_norm(out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels, dims=dims)
+        self.bn2 = batch_norm(out_channels)
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(_CONV[dims](in_channels, out_channels, 1, stride=stride, bias=False),
+                                          batch_norm(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -132,27 +138,6 @@ def cnn1d(classes: int = 10, in_channels: int = 1, length: int = 40, width: int 
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * size, classes))
 
 
-class BasicBlock1d(nn.Module):
-    """``BasicBlock`` in 1-D: relu(BN(conv(relu(BN(conv(x))))) + shortcut(x)), kernel 3; 1x1 conv+BN shortcut
-    on shape change."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv1d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm1d(out_channels)
-        self.conv2 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm1d(out_channels)
-        self.relu = nn.ReLU()
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv1d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                          nn.BatchNorm1d(out_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class ResNet1d(nn.Module):
     """A small 1-D ResNet: conv5-BN-ReLU stem (w channels), 3 stages of ``blocks`` basic blocks (widths w, 2w,
     2w; each stage starts with stride 2: length 40 -> 20 -> 10 -> 5), global average pool, linear.
@@ -170,7 +155,7 @@ class ResNet1d(nn.Module):
         channels = width
         for out_channels in (width, 2 * width, 2 * width):
             for index in range(blocks):
-                stages.append(BasicBlock1d(channels, out_channels, 2 if index == 0 else 1))
+                stages.append(BasicBlock(channels, out_channels, 2 if index == 0 else 1, dims=1))
                 channels = out_channels
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool1d(1)
