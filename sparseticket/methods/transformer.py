@@ -17,6 +17,9 @@ Hugging Face BERT-style encoder layer (BERT, RoBERTa, ELECTRA, ...: recognised b
 in a ``BertForSequenceClassification``); they scale the columns of the attention output
 projection (head h's ``head_dim`` columns) and of the FFN's second linear through
 ``torch.nn.utils.parametrize``, which equals scaling each head's output / each neuron's activation.
+Inside those layers' own forward the cheaper of the two is done: the input's features when the
+input holds fewer values than the weight (fewer tokens than output features, as in short batches),
+the weight's columns otherwise; both run the fused ``scale_columns`` op.
 """
 
 from __future__ import annotations
@@ -160,7 +163,15 @@ class SelfAttention(nn.Module):
 
 
 class _ScaleColumns(nn.Module):
-    """Parametrization: weight columns times coefficients, each repeated ``width`` times (a head's columns)."""
+    """Parametrization: weight columns times coefficients, each repeated ``width`` times (a head's columns).
+
+    Scaling a Linear's weight columns equals scaling its input's features, and the two cost
+    differently: the weight route touches ``out_features x in_features`` values per forward and
+    backward, the input route ``rows x in_features`` (rows = tokens in the batch). Inside the
+    layer's own forward, ``_scale_input`` (a forward pre-hook) takes the cheaper one; when it scales
+    the input it sets ``input_scaled`` and this parametrization returns the stored weight as it is.
+    Everywhere else (``layer.weight`` read outside a forward, export, deploy) the weight is scaled.
+    """
 
     def __init__(self, coefficients: ChannelCoefficients, width: int) -> None:
         super().__init__()
@@ -169,9 +180,60 @@ class _ScaleColumns(nn.Module):
         self._coefficients = (coefficients,)
         self.width = width
         self._slot = OutputSlot()  # memory the C++ path reuses for the scaled weight
+        self.input_scaled = False  # True only inside the layer's forward, when its input is scaled instead
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        return self._coefficients[0].weight
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return scale_columns(weight, self._coefficients[0].weight, self.width, slot=self._slot)
+        if self.input_scaled:
+            return weight
+        return scale_columns(weight, self.coefficients, self.width, slot=self._slot)
+
+    def scale_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` (..., in_features) with feature j times ``coefficients[j // width]``."""
+        rows = features.reshape(-1, features.shape[-1])  # a (rows, in_features) matrix: the same fused op
+        return scale_columns(rows, self.coefficients, self.width).view(features.shape)
+
+
+def _column_scaling(linear: nn.Module) -> _ScaleColumns | None:
+    """The slimming parametrization of ``linear.weight``, if it has one (none once folded by deploy)."""
+    parametrizations = getattr(linear, "parametrizations", None)
+    if parametrizations is None or "weight" not in parametrizations:
+        return None
+    first = parametrizations["weight"][0]
+    return first if isinstance(first, _ScaleColumns) else None
+
+
+def _scale_input(linear: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: scale the input's features instead of the weight's columns when the input
+    holds fewer values than the weight (and the layer is called with one tensor, as nn.Linear is)."""
+    scaling = _column_scaling(linear)
+    if scaling is None or len(args) != 1 or not isinstance(args[0], torch.Tensor) or parametrize._cache_enabled:
+        return None
+    features = args[0]
+    weight = linear.parametrizations["weight"].original
+    if features.numel() >= weight.numel() or features.shape[-1:] != weight.shape[1:]:
+        return None
+    scaling.input_scaled = True
+    return (scaling.scale_features(features),)
+
+
+def _end_input_scaling(linear: nn.Module, args: tuple, output: object) -> None:
+    """Forward hook (also on error): the weight reads as scaled again outside the forward."""
+    scaling = _column_scaling(linear)
+    if scaling is not None:
+        scaling.input_scaled = False
+
+
+def _scale_columns_by(linear: nn.Linear, coefficients: ChannelCoefficients, width: int) -> None:
+    """Scale ``linear``'s weight columns by ``coefficients`` (each repeated ``width`` times): the
+    parametrization, and the hooks that move the scaling onto the input when that is cheaper."""
+    parametrize.register_parametrization(linear, "weight", _ScaleColumns(coefficients, width))
+    if _scale_input not in linear._forward_pre_hooks.values():
+        linear.register_forward_pre_hook(_scale_input)
+        linear.register_forward_hook(_end_input_scaling, always_call=True)
 
 
 def attach_slimming(model: nn.Module) -> list[str]:
@@ -273,8 +335,8 @@ def _attach(block: nn.Module, heads: ChannelCoefficients, ffn: ChannelCoefficien
     setattr(block, HEADS, heads)
     setattr(block, FFN, ffn)
     _, head_dim, out_projection = _head_layout(block)
-    parametrize.register_parametrization(out_projection, "weight", _ScaleColumns(heads, head_dim))
-    parametrize.register_parametrization(_ffn_linears(block)[1], "weight", _ScaleColumns(ffn, 1))
+    _scale_columns_by(out_projection, heads, head_dim)
+    _scale_columns_by(_ffn_linears(block)[1], ffn, 1)
 
 
 def _keep_indices(model: nn.Module, channel_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -311,7 +373,7 @@ def _prune_heads(block: nn.Module, heads: torch.Tensor) -> None:
         block.self_attn = attention.select_heads(heads).train(block.training)
     setattr(block, HEADS, _select_coefficients(getattr(block, HEADS), heads))
     _, head_dim, output = _head_layout(block)
-    parametrize.register_parametrization(output, "weight", _ScaleColumns(getattr(block, HEADS), head_dim))
+    _scale_columns_by(output, getattr(block, HEADS), head_dim)
 
 
 def _prune_ffn(block: nn.Module, neurons: torch.Tensor) -> None:
@@ -322,7 +384,7 @@ def _prune_ffn(block: nn.Module, neurons: torch.Tensor) -> None:
     else:
         block.linear1, block.linear2 = first, second
     setattr(block, FFN, _select_coefficients(getattr(block, FFN), neurons))
-    parametrize.register_parametrization(second, "weight", _ScaleColumns(getattr(block, FFN), 1))
+    _scale_columns_by(second, getattr(block, FFN), 1)
 
 
 def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -272,3 +272,88 @@ def test_bad_inputs() -> None:
         TinyTransformer(64, 10, dim=10, heads=4)
     with pytest.raises(ValueError, match="tokens"):
         TinyTransformer(63, 10)
+
+
+# ------------------------------------------------------------------ where the coefficients are applied
+def _scaled_linear(width: int) -> tuple[nn.Linear, torch.Tensor]:
+    """A Linear(12, 5) whose columns a ChannelCoefficients scales (12 / width coefficients, not all 1)."""
+    from sparseticket.methods.bn_channels import ChannelCoefficients
+    from sparseticket.methods.transformer import _scale_columns_by
+
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 5)
+    coefficients = ChannelCoefficients(12 // width, "g")
+    with torch.no_grad():
+        coefficients.weight.uniform_(-1.5, 1.5)
+    _scale_columns_by(linear, coefficients, width)
+    return linear, coefficients.weight
+
+
+@pytest.mark.parametrize("width", [1, 4])
+@pytest.mark.parametrize("rows", [2, 20])  # 2 x 12 inputs < 60 weights: the input is scaled; 20 x 12: the weight
+def test_scaling_route_is_the_cheaper_one_and_exact(width, rows, monkeypatch, generator):
+    """Scaling the input's features or the weight's columns: the cheaper one is taken, and the output
+    and every gradient equal F.linear with the explicitly scaled weight."""
+    import sparseticket.methods.transformer as transformer
+
+    linear, coefficients = _scaled_linear(width)
+    weight = linear.parametrizations.weight.original
+    scaled_shapes = []
+    original = transformer.scale_columns
+    monkeypatch.setattr(transformer, "scale_columns",
+                        lambda matrix, *args, **kwargs: scaled_shapes.append(tuple(matrix.shape))
+                        or original(matrix, *args, **kwargs))
+    x = torch.randn(rows, 12, generator=generator, requires_grad=True)
+    upstream = torch.randn(rows, 5, generator=generator)
+    got = linear(x)
+    (got * upstream).sum().backward()
+    assert scaled_shapes == [(rows, 12) if rows * 12 < weight.numel() else (5, 12)]
+    grads = [x.grad, weight.grad, coefficients.grad, linear.bias.grad]
+
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, weight, coefficients, linear.bias)]
+    expected = nn.functional.linear(leaves[0], leaves[1] * leaves[2].repeat_interleave(width), leaves[3])
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(got, expected)
+    for have, leaf in zip(grads, leaves):
+        torch.testing.assert_close(have, leaf.grad)
+
+
+def test_weight_reads_scaled_outside_the_forward_even_after_an_error(generator):
+    """``linear.weight`` read outside a forward (deploy, export, users) is the scaled weight, also
+    after a forward that raised between the hooks."""
+    linear, coefficients = _scaled_linear(4)
+    expected = linear.parametrizations.weight.original * coefficients.repeat_interleave(4)
+    linear(torch.randn(2, 12, generator=generator))
+    torch.testing.assert_close(linear.weight, expected)
+
+    def fail(module, args):
+        raise RuntimeError("boom")
+
+    handle = linear.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        linear(torch.randn(2, 12, generator=generator))
+    handle.remove()
+    assert not linear.parametrizations.weight[0].input_scaled
+    torch.testing.assert_close(linear.weight, expected)
+
+
+def test_slimmed_model_deepcopy_scales_by_its_own_coefficients(generator):
+    """A deepcopy's layers (hooks included) work on the copy's own coefficients (torch pickles
+    parametrized modules only through state_dict)."""
+    import copy
+
+    model = make_model("tiny")
+    attach_slimming(model)
+    with torch.no_grad():
+        for coefficients in slimming_coefficients(model).values():
+            coefficients.weight.uniform_(0.5, 1.5)
+    x = example("tiny", generator)
+    model.eval()
+    expected = model(x)
+    copied = copy.deepcopy(model)
+    torch.testing.assert_close(copied(x), expected)
+    with torch.no_grad():
+        for coefficients in slimming_coefficients(copied).values():
+            coefficients.weight.mul_(2)
+    assert not torch.allclose(copied(x), expected)
+    torch.testing.assert_close(model(x), expected)  # the original is untouched
