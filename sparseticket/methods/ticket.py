@@ -2,6 +2,11 @@
 
 Masks are keyed by parameter name (``"features.0.weight"``), True = kept. Gem-Miner tickets also
 carry scores and frozen flags; EarlyBird tickets carry channel masks keyed by BN module name.
+
+The file's safetensors metadata is one entry, ``"sparseticket"``: a JSON object with sorted keys
+(format, method, hyper-parameters, the layer order and every tensor's shape and dtype). Equal
+tickets are therefore equal bytes, so a file's hash identifies its ticket, and ``load`` checks
+every tensor against the shapes the ticket itself recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ from sparseticket.methods.masked_optimizer import mask_optimizer_state, masked_o
 from sparseticket.ops import TruncationPlan
 
 FORMAT = "sparseticket-ticket/1"
+METADATA_KEY = "sparseticket"  # the one metadata entry (safetensors writes several in hash order)
 _SECTIONS = {"mask": "masks", "score": "scores", "channel": "channel_masks"}
+_DTYPES = {"mask": (torch.bool,), "channel": (torch.bool,), "score": (torch.float16, torch.bfloat16, torch.float32,
+                                                                      torch.float64)}
 
 
 @dataclass
@@ -61,41 +69,49 @@ class Ticket:
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
-        """Write to ``path`` as safetensors, atomically and flushed to disk (``sparseticket.files.atomic_write``)."""
+        """Write to ``path`` as safetensors, atomically and flushed to disk (``sparseticket.files.atomic_write``);
+        equal tickets give equal bytes."""
         tensors = {}
         for prefix, section in _SECTIONS.items():
             for name, tensor in getattr(self, section).items():
                 tensors[f"{prefix}/{name}"] = tensor.detach().cpu().contiguous()
-        metadata = {"format": FORMAT, "method": self.method, "order": json.dumps(list(tensors)),
-                    "hyperparameters": json.dumps(self.hyperparameters, sort_keys=True)}
+        record = {"format": FORMAT, "method": self.method, "order": list(tensors),
+                  "hyperparameters": self.hyperparameters,
+                  "tensors": {key: {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+                              for key, tensor in tensors.items()}}
+        metadata = {METADATA_KEY: json.dumps(record, sort_keys=True)}
         atomic_write(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Ticket:
-        """Read a ticket written by ``save``; ValueError if the file is not a complete ticket."""
+        """Read a ticket written by ``save``; ValueError naming the file and the entry if it is not a
+        complete, consistent ticket (truncated, corrupted, or a tensor whose shape or dtype differs
+        from what the ticket recorded)."""
         try:
             tensors = load_file(os.fspath(path))
             from safetensors import safe_open
 
             with safe_open(os.fspath(path), "pt") as handle:
-                metadata = handle.metadata() or {}
+                record = _record(handle.metadata() or {})
         except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as error:
             if isinstance(error, FileNotFoundError):
                 raise
             raise ValueError(f"{path} is not a valid ticket file (truncated or corrupted?): {error}") from error
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a sparseticket ticket (format {metadata.get('format')!r})")
+        if record.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a sparseticket ticket (format {record.get('format')!r})")
+        _check_entries(path, tensors, record.get("tensors"))
         sections: dict[str, dict[str, torch.Tensor]] = {section: {} for section in _SECTIONS.values()}
-        order = json.loads(metadata.get("order", "[]"))  # layer order (safetensors sorts its keys)
+        order = record.get("order", [])  # layer order (safetensors sorts its keys)
         keys = [key for key in order if key in tensors] + [key for key in tensors if key not in order]
         for key in keys:
-            tensor = tensors[key]
             prefix, _, name = key.partition("/")
-            if prefix not in _SECTIONS:
-                raise ValueError(f"{path}: unexpected entry {key!r}")
-            sections[_SECTIONS[prefix]][name] = tensor
-        return cls(method=metadata.get("method", ""), hyperparameters=json.loads(metadata["hyperparameters"]),
-                   **sections)
+            sections[_SECTIONS[prefix]][name] = tensors[key]
+        for name, scores in sections["scores"].items():
+            mask = sections["masks"].get(name)
+            if mask is not None and mask.shape != scores.shape:
+                raise ValueError(f"{path}: score/{name} has shape {tuple(scores.shape)} but mask/{name} "
+                                 f"{tuple(mask.shape)}")
+        return cls(method=record.get("method", ""), hyperparameters=record.get("hyperparameters", {}), **sections)
 
     # ----------------------------------------------------------------- models
     def _parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
@@ -167,3 +183,42 @@ class Ticket:
         self.apply_(model)
         mask_optimizer_state(optimizer, masks)
         return masked_optimizer(optimizer, masks)
+
+
+def _record(metadata: dict[str, str]) -> dict[str, Any]:
+    """The ticket's record from a file's metadata: the one ``"sparseticket"`` entry, or the separate
+    entries of files written before it (JSON strings for the order and hyper-parameters)."""
+    if METADATA_KEY in metadata:
+        record = json.loads(metadata[METADATA_KEY])
+        if not isinstance(record, dict):
+            raise ValueError(f"metadata {METADATA_KEY!r} is not a JSON object")
+        return record
+    record: dict[str, Any] = {key: metadata[key] for key in ("format", "method") if key in metadata}
+    record["order"] = json.loads(metadata.get("order", "[]"))
+    record["hyperparameters"] = json.loads(metadata.get("hyperparameters", "{}"))
+    return record
+
+
+def _check_entries(path: str | os.PathLike, tensors: dict[str, torch.Tensor], recorded: Any) -> None:
+    """ValueError unless every entry is a known section with its dtype and, when the ticket recorded
+    them (files written since shapes were recorded), exactly the recorded entries and shapes."""
+    for key, tensor in tensors.items():
+        prefix, _, name = key.partition("/")
+        if prefix not in _SECTIONS or not name:
+            raise ValueError(f"{path}: unexpected entry {key!r}")
+        if tensor.dtype not in _DTYPES[prefix]:
+            raise ValueError(f"{path}: {key} must be {' or '.join(map(str, _DTYPES[prefix]))}, got {tensor.dtype}")
+        if prefix == "channel" and tensor.dim() != 1:
+            raise ValueError(f"{path}: {key} must be 1-D (one entry per channel), got shape {tuple(tensor.shape)}")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict) or set(recorded) != set(tensors):
+        names = sorted(recorded) if isinstance(recorded, dict) else recorded
+        raise ValueError(f"{path}: the file holds entries {sorted(tensors)} but the ticket recorded {names}")
+    for key, tensor in tensors.items():
+        entry = recorded[key] if isinstance(recorded[key], dict) else {}
+        if entry.get("shape") != list(tensor.shape):
+            raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)} but the ticket recorded "
+                             f"{entry.get('shape')}")
+        if entry.get("dtype") != str(tensor.dtype).removeprefix("torch."):
+            raise ValueError(f"{path}: {key} is {tensor.dtype} but the ticket recorded {entry.get('dtype')}")

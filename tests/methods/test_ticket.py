@@ -142,3 +142,87 @@ def test_an_earlybird_ticket_density_is_its_kept_channels():
     kept = sum(int(mask.sum()) for mask in ticket.channel_masks.values())
     total = sum(mask.numel() for mask in ticket.channel_masks.values())
     assert 0 < ticket.density() == kept / total < 1 and set(ticket.density_per_layer()) == set(ticket.channel_masks)
+
+
+def test_equal_tickets_are_equal_bytes_across_processes(tmp_path):
+    """Two processes saving the same ticket write the same bytes (safetensors writes several metadata
+    entries in its hash map's per-process order: the ticket keeps one entry with sorted keys)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, torch\n"
+              "from tests.methods.test_ticket import _ticket\n"
+              "from sparseticket.builtin.models import vgg_small\n"
+              "torch.manual_seed(0)\n"
+              "_ticket(vgg_small(width=4)).save(sys.argv[1])\n")
+    paths = [tmp_path / f"ticket{index}.safetensors" for index in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=str(_repository()))
+    contents = {path.read_bytes() for path in paths}
+    assert len(contents) == 1
+
+
+def _repository():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2]
+
+
+def _rewrite(path, tensors=None, metadata=None):
+    """Rewrite a saved ticket file with some tensors or metadata replaced."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as handle:
+        current = {key: handle.get_tensor(key) for key in handle.keys()}
+        current_metadata = handle.metadata()
+    save_file({**current, **(tensors or {})}, str(path), metadata=metadata or current_metadata)
+
+
+@pytest.mark.parametrize("entry", ["mask/0.weight", "score/0.weight", "channel/1"])
+def test_a_tensor_of_another_shape_than_recorded_is_refused(tmp_path, entry):
+    path = tmp_path / "ticket.safetensors"
+    ticket = _ticket(vgg_small(width=4))
+    ticket.save(path)
+    section = {"mask": ticket.masks, "score": ticket.scores, "channel": ticket.channel_masks}[entry.split("/")[0]]
+    original = section[entry.split("/", 1)[1]]
+    _rewrite(path, {entry: original.flatten()[:-1].clone()})
+    with pytest.raises(ValueError, match=f"{entry} has shape"):
+        Ticket.load(path)
+
+
+def test_entries_and_dtypes_must_be_what_the_ticket_recorded(tmp_path):
+    path = tmp_path / "ticket.safetensors"
+    ticket = _ticket(vgg_small(width=4))
+    ticket.save(path)
+    _rewrite(path, {"score/0.weight": ticket.scores["0.weight"].double()})
+    with pytest.raises(ValueError, match="score/0.weight is torch.float64 but the ticket recorded float32"):
+        Ticket.load(path)
+    ticket.save(path)
+    _rewrite(path, {"mask/extra": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="the ticket recorded"):
+        Ticket.load(path)
+    ticket.save(path)
+    _rewrite(path, {"mask/0.weight": ticket.masks["0.weight"].float()})
+    with pytest.raises(ValueError, match="mask/0.weight must be torch.bool"):
+        Ticket.load(path)
+
+
+def test_files_from_before_the_single_metadata_entry_still_load_and_are_checked(tmp_path):
+    """Files written with separate metadata entries load as before; their scores must still fit their masks."""
+    import json
+
+    path = tmp_path / "ticket.safetensors"
+    ticket = _ticket(vgg_small(width=4))
+    ticket.save(path)
+    keys = [f"mask/{name}" for name in ticket.masks] + [f"score/{name}" for name in ticket.scores] + ["channel/1"]
+    old = {"format": "sparseticket-ticket/1", "method": "test", "order": json.dumps(keys),
+           "hyperparameters": json.dumps(ticket.hyperparameters)}
+    _rewrite(path, metadata=old)
+    loaded = Ticket.load(path)
+    assert loaded.hyperparameters == ticket.hyperparameters and list(loaded.masks) == list(ticket.masks)
+    for name, mask in ticket.masks.items():
+        assert torch.equal(loaded.masks[name], mask)
+    _rewrite(path, {"score/0.weight": ticket.scores["0.weight"][:1].clone()}, metadata=old)
+    with pytest.raises(ValueError, match="score/0.weight has shape .* but mask/0.weight"):
+        Ticket.load(path)
