@@ -31,6 +31,7 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.convention import check_convention
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
+from sparseticket.methods.weights import check_materialized
 from sparseticket.ops import TruncationPlan, mask_distances, unpack_mask
 
 
@@ -106,6 +107,7 @@ class EarlyBird:
         if l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {l1!r}")
         self.model = model = unwrap(model)  # DDP-wrapped or bare: names are the bare module's
+        check_materialized(model, type(self).__name__)
         self.layers: list[ChannelLayer] = channel_layers(model)
         self.channels = self.layers[-1].stop
         self.l1 = float(l1)
@@ -121,9 +123,15 @@ class EarlyBird:
 
     # ----------------------------------------------------------------- per step
     def after_backward(self) -> None:
-        """Add l1*sign(gamma) to every tracked scale's gradient (one fused call); before optimizer.step()."""
+        """Add l1*sign(gamma) to every tracked scale's gradient (one fused call); before optimizer.step().
+        RuntimeError when no tracked scale has a gradient (called before ``loss.backward()``)."""
         if self.l1 == 0.0:
             return
+        layers = self.layers
+        if layers[0].gamma.grad is None and all(layer.gamma.grad is None for layer in layers):
+            raise RuntimeError(f"{type(self).__name__}.after_backward: no tracked scale (BatchNorm gamma or slimming "
+                               "coefficient) has a gradient, so no L1 term would be added: call it after "
+                               "loss.backward() and before optimizer.step()")
         plan = self._l1_plan
         if plan is None or plan.device != self.layers[0].gamma.device or plan.l1 != self.l1:  # first, moved, edited
             self._l1_plan = TruncationPlan([layer.gamma for layer in self.layers], self._keep_everything(),

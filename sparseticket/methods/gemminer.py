@@ -48,7 +48,7 @@ from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.convention import check_convention
 from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
-from sparseticket.methods.weights import PrunableWeight, prunable_weights
+from sparseticket.methods.weights import PrunableWeight, check_materialized, prunable_weights
 from sparseticket.ops import (
     MaskedWeightSlots,
     gemminer_mask,
@@ -66,7 +66,8 @@ STILL_RANDOM = 0.5  # warn when more than this share of the mined mask is the in
 
 
 class MiningWarning(UserWarning):
-    """Gem-Miner's mask barely moved from its random initial ranking (the learning rate is too small)."""
+    """Gem-Miner's mask barely moved from its random initial ranking (the learning rate is too small),
+    or the miner finished before its mask reached the density asked."""
 
 
 def _view_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -254,6 +255,7 @@ class GemMiner:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.model = model = unwrap(model)  # DDP-wrapped or bare: names are the bare module's
+        check_materialized(model, "GemMiner")
         self.target_density = float(density)
         self.epochs, self.period = epochs, period
         self.l2, self.base_lr, self.lr, self.momentum = float(l2), float(lr), float(lr), float(momentum)
@@ -583,8 +585,17 @@ class GemMiner:
 
         Each weight is its own tensor again, no longer a view of ``gm.flat_weights``: the Parameter
         it replaced when that one is still alive (an optimizer made before the miner holds it), else
-        a new Parameter."""
+        a new Parameter.
+
+        Warns (``MiningWarning``) when the mask is still denser than the density asked (``finish``
+        before the freezing schedule ended): the ticket then keeps what the mask keeps now."""
         ticket = self.ticket()
+        kept = ticket.density()
+        if kept > self.target_density + 1.0 / max(self.scores.numel(), 1):
+            rounds = freezing_steps(self.epochs, self.period)
+            warnings.warn(f"GemMiner.finish(): the ticket keeps {kept:.4f} of the weights, not the "
+                          f"{self.target_density:g} asked: {self.freezes_done} of {rounds} freezing rounds were "
+                          f"done (after {self.epoch} of {self.epochs} epochs)", MiningWarning, stacklevel=2)
         self._legacy_hook.remove()
         for weight in self.weights:
             parametrize.remove_parametrizations(weight.module, weight.attr, leave_parametrized=False)

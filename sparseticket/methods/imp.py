@@ -57,7 +57,7 @@ from sparseticket.methods.distributed import (
 )
 from sparseticket.methods.masked_optimizer import mask_optimizer_state, masked_optimizer, safe_with_masked_state
 from sparseticket.methods.ticket import Ticket
-from sparseticket.methods.weights import prunable_weights
+from sparseticket.methods.weights import check_materialized, prunable_weights
 from sparseticket.ops import TruncationPlan, kth_value, memory_order, sharded_kth_value, truncate_grads_
 
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -165,6 +165,7 @@ class IMP:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.convention = check_convention(convention)
         self.model = unwrap(model)
+        check_materialized(self.model, "IMP")
         self.rate = _check_rate(rate)
         self.rewind_step = _check_rewind_step(rewind_step)
         self.exclude = _check_exclude(exclude)
@@ -385,7 +386,12 @@ class IMP:
         self.zero_pruned_gradients()
 
     def zero_pruned_gradients(self) -> None:
-        """Zero the gradients of pruned weights now (one fused call), whatever optimizer steps."""
+        """Zero the gradients of pruned weights now (one fused call), whatever optimizer steps.
+        RuntimeError when no prunable weight has a gradient (called before ``loss.backward()``):
+        nothing would be masked."""
+        if self.weights and self.weights[0].grad is None and all(weight.grad is None for weight in self.weights):
+            raise RuntimeError("IMP.after_backward: no prunable weight has a gradient, so nothing would be masked: "
+                               "call it after loss.backward() and before optimizer.step()")
         if not self.sharded:
             if self._grad_plan is None:  # the masks are edited in place: one plan serves every round
                 self._check_layouts()

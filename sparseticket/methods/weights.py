@@ -94,3 +94,15 @@ def prunable_layers(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, 
 def weight_name(module_name: str) -> str:
     """Parameter name of a module's weight, as in ``model.named_parameters()``."""
     return f"{module_name}.weight" if module_name else "weight"
+
+
+def check_materialized(model: nn.Module, owner: str) -> None:
+    """ValueError naming the first parameter or buffer that lives on the meta device (no data: a
+    method would fail later, copying out of it); ``owner`` names the method in the message."""
+    for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in tensors:
+            if tensor.is_meta:
+                raise ValueError(f"{owner}: the model's {kind} {name!r} is on the meta device (it holds no data): "
+                                 "materialize the model first, e.g. model.to_empty(device='cpu') and initialize "
+                                 "its weights, or load a state dict with assign=True")
+
