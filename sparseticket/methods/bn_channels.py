@@ -111,27 +111,44 @@ def channel_importance(layers: list[ChannelLayer]) -> torch.Tensor:
     return torch.cat([layer.gamma.detach().abs().float().reshape(-1) for layer in layers])
 
 
-def relative_importance(layers: list[ChannelLayer], importance: torch.Tensor, ratio: float) -> torch.Tensor:
+def relative_importance(layers: list[ChannelLayer], importance: torch.Tensor, ratio: float, *,
+                        break_ties: bool = True) -> torch.Tensor:
     """importance minus its group's pruning threshold, so ``> 0`` is the keep mask of every group.
 
-    The threshold of a group of n channels is its ``int(n * ratio)``-th smallest |scale|; for
-    finite floats ``a - t > 0`` exactly when ``a > t``, so one global comparison with 0 applies
+    The threshold of a group of n channels is its k-th smallest |scale|, k = ``int(n * ratio)``
+    (0-based; at most n - 1), and a channel is kept when its |scale| is above it: k + 1 channels
+    are pruned when the scales differ, as in the authors' code. Ties at the threshold: the authors'
+    code prunes them all (``break_ties=False``, ``convention="original"``), so scales that are all
+    equal (at initialization, or a low-precision gamma that never moved) prune every channel; with
+    ``break_ties`` (the default) the tied channels of lowest index are pruned until k + 1 are, and
+    the rest are kept (as IMP breaks ties), so the requested fraction is kept whatever the ties.
+    For finite floats ``a - t > 0`` exactly when ``a > t``, so one global comparison with 0 applies
     every group's own threshold.
     """
-    groups: dict[str, list[ChannelLayer]] = {}
-    for layer in layers:
-        groups.setdefault(layer.group, []).append(layer)
-    if len(groups) == 1:
-        return importance - _threshold(importance, ratio)
     relative = torch.empty_like(importance)
-    for members in groups.values():
-        parts = [importance[layer.start:layer.stop] for layer in members]
-        threshold = _threshold(parts, ratio)
-        for layer, part in zip(members, parts):
-            relative[layer.start:layer.stop] = part - threshold
+    for members in channel_groups(layers).values():
+        index = torch.cat([torch.arange(layer.start, layer.stop, device=importance.device) for layer in members])
+        relative[index] = _group_relative(importance[index], ratio, break_ties)
     return relative
 
 
-def _threshold(values: torch.Tensor | list[torch.Tensor], ratio: float) -> torch.Tensor:
-    count = values.numel() if isinstance(values, torch.Tensor) else sum(v.numel() for v in values)
-    return kth_value(values, min(int(count * ratio), count - 1))
+def channel_groups(layers: list[ChannelLayer]) -> dict[str, list[ChannelLayer]]:
+    """The tracked layers by threshold group, in layer order."""
+    groups: dict[str, list[ChannelLayer]] = {}
+    for layer in layers:
+        groups.setdefault(layer.group, []).append(layer)
+    return groups
+
+
+def _group_relative(values: torch.Tensor, ratio: float, break_ties: bool) -> torch.Tensor:
+    """One group's importance minus its threshold; with ``break_ties`` the ties beyond the k + 1
+    pruned are lifted just above 0 (the ones of highest index: the lowest are pruned)."""
+    count = values.numel()
+    k = min(int(count * ratio), count - 1)
+    relative = values - kth_value(values, k)
+    if break_ties:
+        ties = relative == 0
+        keep = int(ties.sum()) - (k + 1 - int((relative < 0).sum()))
+        if keep > 0:
+            relative[ties.nonzero().flatten()[-keep:]] = torch.finfo(relative.dtype).tiny
+    return relative

@@ -14,6 +14,7 @@ do this themselves).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,9 @@ import torch
 from torch import nn
 
 from sparseticket.methods.bn_channels import (
+    GLOBAL_GROUP,
     ChannelLayer,
+    channel_groups,
     channel_importance,
     channel_layers,
     relative_importance,
@@ -33,6 +36,12 @@ from sparseticket.methods.distributed import unwrap
 from sparseticket.methods.ticket import Ticket
 from sparseticket.methods.weights import check_materialized
 from sparseticket.ops import TruncationPlan, mask_distances, unpack_mask
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class TiedScalesWarning(UserWarning):
+    """Every tracked scale of a threshold group is equal: EarlyBird's mask is then chosen by index."""
 
 
 @dataclass
@@ -158,7 +167,10 @@ class EarlyBird:
         return newly_found
 
     def _record(self, tracker: RatioTracker, importance: torch.Tensor, initial: bool = False) -> bool:
-        relative = relative_importance(self.layers, importance, tracker.ratio)
+        if not initial:
+            self._check_importance(importance)
+        relative = relative_importance(self.layers, importance, tracker.ratio,
+                                       break_ties=self.convention != "original")
         history = (torch.stack(tracker.masks) if tracker.masks else
                    torch.empty(0, (self.channels + 7) // 8, dtype=torch.uint8, device=importance.device))
         if tracker.static_runs is None:
@@ -173,6 +185,29 @@ class EarlyBird:
             tracker.found_epoch = self.epoch
             return True
         return False
+
+    def _check_importance(self, importance: torch.Tensor) -> None:
+        """ValueError when a tracked scale is NaN or infinite (training diverged: a mask drawn from
+        it would be garbage); TiedScalesWarning when every scale of a group is equal (the mask is
+        then chosen by index, not by importance)."""
+        finite = torch.isfinite(importance)
+        if not bool(finite.all()):
+            layer = next(layer for layer in self.layers if not bool(finite[layer.start:layer.stop].all()))
+            raise ValueError(f"{type(self).__name__}.epoch_end: the scales of {layer.name!r} contain NaN or inf "
+                             f"at epoch {self.epoch}: training diverged (a learning rate too large?); no mask is "
+                             "drawn from them")
+        for group, members in channel_groups(self.layers).items():
+            values = torch.cat([importance[layer.start:layer.stop] for layer in members])
+            if values.numel() > 1 and bool(values.max() == values.min()):
+                dtype = members[0].gamma.dtype
+                why = ("the model has not trained yet, or l1 and the learning rate are 0" if dtype not in LOW_PRECISION
+                       else f"gamma is {str(dtype).removeprefix('torch.')}: updates below its resolution are lost; "
+                            "keep BatchNorm (and slimming coefficients) in float32")
+                where = "the global group" if group == GLOBAL_GROUP else f"group {group!r}"
+                rule = ("the authors' rule (convention='original') prunes every one of them"
+                        if self.convention == "original" else "the channel mask is chosen by index, not by importance")
+                warnings.warn(f"{type(self).__name__}: all {values.numel()} scales of {where} are equal "
+                              f"({float(values[0]):g}), so {rule} ({why})", TiedScalesWarning, stacklevel=5)
 
     def _queue_full(self, tracker: RatioTracker) -> bool:
         return len(tracker.distances) == self.queue - 1
