@@ -81,7 +81,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """
     path = Path(path)
     _writes_so_far[path.name] = _writes_so_far.get(path.name, 0) + 1
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # a read-only or missing folder, no space: say which file
+        raise _write_error(path, error) from error
     os.close(handle)
     try:
         write(temporary)
@@ -89,13 +92,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         os.chmod(temporary, default_file_mode())
         _fsync(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if _failed_writing(error):
+            raise _write_error(path, error) from error
         raise
     _fsync(path.parent)
     _maybe_kill("after-write", path)
     return path
+
+
+def _failed_writing(error: BaseException) -> bool:
+    """Whether ``error`` is the file system refusing a write: an OSError without a file name (a full
+    disk, a file size limit), or torch's C++ stream writer reporting one (``basic_ios::clear``)."""
+    if isinstance(error, OSError):
+        return error.filename is None
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        marker in text for marker in ("basic_ios", "PytorchStreamWriter failed", "file write failed", "inline_container"))
+
+
+def _write_error(path: Path, error: BaseException) -> OSError:
+    """An OSError naming ``path`` and the cause."""
+    if isinstance(error, OSError):
+        return OSError(error.errno, f"cannot write {path}: {error.strerror or error}")
+    return OSError(f"cannot write {path}: {' '.join(str(error).split())}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

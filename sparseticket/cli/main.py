@@ -177,10 +177,26 @@ def _check(config: RunConfig) -> None:
         raise ValueError(f"--augment (random affine and noise; --preset hard and paper turn it on) is for the image "
                          f"data sets {', '.join(AUGMENTABLE)}, not --data {config.data}; --no-augment turns it off")
     check_options(config.data, samples=config.samples)
+    if config.width < 1:
+        raise ValueError(f"--width must be >= 1, got {config.width}")
     if not 0 < config.density <= 1:
         raise ValueError(f"--density must be in (0, 1], got {config.density}")
     if not 0 <= config.ratio < 1:
         raise ValueError(f"--ratio must be in [0, 1), got {config.ratio}")
+
+
+def _refuse_other_flags(arguments: argparse.Namespace, config: RunConfig, config_path: Path) -> None:
+    """ValueError when a run flag given with --resume differs from the run's config (it would be
+    ignored: a run resumes with the config it started with)."""
+    explicit = presets.explicit_flags(arguments)
+    names = {f.name for f in fields(RunConfig)}
+    differing = [f"--{name.replace('_', '-')} {getattr(arguments, name)!r} (the run has {getattr(config, name)!r})"
+                 for name in sorted(explicit & names) if getattr(arguments, name) != getattr(config, name)]
+    if getattr(arguments, "preset", "default") != "default":
+        differing.append(f"--preset {arguments.preset}")
+    if differing:
+        raise ValueError(f"--resume continues the run with its own {config_path}; these flags would be ignored: "
+                         f"{', '.join(differing)}. Drop them, or start a new run without --resume")
 
 
 def _device(arguments: argparse.Namespace) -> str:
@@ -198,6 +214,7 @@ def _search(arguments: argparse.Namespace, processes: distributed.Processes) -> 
         if not config_path.exists():
             raise ValueError(f"--resume {arguments.resume}: no config.json there (not a run folder)")
         config = RunConfig.read(config_path)
+        _refuse_other_flags(arguments, config, config_path)
         run_dir = arguments.resume
     else:
         config = _config(arguments)
@@ -319,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - user errors become one line
         from sparseticket.builtin.datasets import DatasetUnavailable
 
-        if not isinstance(error, (ValueError, DatasetUnavailable, FileNotFoundError)):
+        if not isinstance(error, (ValueError, DatasetUnavailable, OSError)):  # OSError: files, folders, disks
             raise
         print(f"sparseticket: error{rank}: {error}", file=sys.stderr)
         code = 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,11 +69,15 @@ def recorded_seconds(run_dir: Path) -> float:
 
 
 def schedule_of(config: RunConfig) -> Schedule:
-    """The training recipe of a run's flags."""
-    return Schedule(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-                    weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
-                    warmup_epochs=config.warmup_epochs, round_epochs=config.round_epochs,
-                    finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr)
+    """The training recipe of a run's flags; a ValueError names the flag (``--batch-size``), not the field."""
+    try:
+        return Schedule(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
+                        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
+                        warmup_epochs=config.warmup_epochs, round_epochs=config.round_epochs,
+                        finetune_epochs=config.finetune_epochs, finetune_lr=config.finetune_lr)
+    except ValueError as error:
+        message = re.sub(r"Schedule\.(\w+)", lambda match: "--" + match.group(1).replace("_", "-"), str(error))
+        raise ValueError(message) from None
 
 
 def options_of(config: RunConfig) -> dict[str, Any]:

@@ -12,6 +12,14 @@ registered method, through one training loop (``training.train_steps``). The com
 
 from sparseticket.driver.data import TrainingData
 from sparseticket.driver.recipe import Schedule
-from sparseticket.driver.search import MemoryStore, RunStore, TicketResult, TicketSearch, find_ticket
+from sparseticket.driver.search import (
+    MemoryStore,
+    RunStore,
+    TicketResult,
+    TicketSearch,
+    TrainingDiverged,
+    find_ticket,
+)
 
-__all__ = ["MemoryStore", "RunStore", "Schedule", "TicketResult", "TicketSearch", "TrainingData", "find_ticket"]
+__all__ = ["MemoryStore", "RunStore", "Schedule", "TicketResult", "TicketSearch", "TrainingData", "TrainingDiverged",
+           "find_ticket"]

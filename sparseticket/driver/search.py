@@ -13,10 +13,12 @@ writes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
@@ -32,6 +34,10 @@ from sparseticket.driver.training import accuracy, evaluate, train_steps
 from sparseticket.methods import Ticket
 
 Row = dict[str, Any]
+
+
+class TrainingDiverged(ValueError):
+    """An epoch's mean training loss is NaN or infinite: the run stops rather than save what it made."""
 
 
 class RunStore(Protocol):
@@ -145,7 +151,11 @@ class TicketSearch:
         batches = self.progress(batches, max(self.data.steps_per_epoch - plan.skip, 0), label)
         total, count = train_steps(self._network(model), batches, optimizer=optimizer, scheduler=scheduler,
                                    after_backward=after_backward, after_step=after_step)
-        return global_mean(total, count, self.processes)
+        loss = global_mean(total, count, self.processes)  # the same on every process: all of them stop
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"{label}: the training loss is {loss}: training diverged (a learning rate too "
+                                   "large?); nothing is written from this epoch")
+        return loss
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         return evaluate(model, self.data.split, ndigits=6) if self.evaluate_every_epoch else {}
@@ -189,15 +199,30 @@ class TicketSearch:
         if self.processes.is_main:
             self.store.save_checkpoint(state)
 
+    @contextlib.contextmanager
+    def _restoring(self, phase: str) -> Iterator[None]:
+        """Turn a checkpoint that does not fit this run (another method, model or optimizer: a key,
+        shape or type mismatch) into one ValueError naming the checkpoint."""
+        try:
+            yield
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            where = getattr(self.store, "checkpoint_path", "the checkpoint")
+            detail = " ".join(str(error).split()) or type(error).__name__
+            detail = detail if len(detail) <= 240 else detail[:237] + "..."
+            raise ValueError(f"{where} does not fit this run's {phase} (another method, model or optimizer?): "
+                             f"{detail}. Delete it to restart that phase, or the run folder to start "
+                             "over") from error
+
     def _search(self, job: Job, state: dict | None, rows: list[Row]) -> tuple[Ticket, int]:
         model, first, done = self.model, 1, False
         if state is not None:
-            model.load_state_dict(state["model"])
-            if job.optimizer is not None:
-                job.optimizer.load_state_dict(state["optimizer"])
-            if job.scheduler is not None and state.get("scheduler"):
-                job.scheduler.load_state_dict(state["scheduler"])
-            job.load_state_dict(state["method"])
+            with self._restoring("search"):
+                model.load_state_dict(state["model"])
+                if job.optimizer is not None:
+                    job.optimizer.load_state_dict(state["optimizer"])
+                if job.scheduler is not None and state.get("scheduler"):
+                    job.scheduler.load_state_dict(state["scheduler"])
+                job.load_state_dict(state["method"])
             first, done = state["epoch"] + 1, state.get("search_done", False)
             if not done:
                 self.log(f"resuming at search epoch {first}")
@@ -224,11 +249,12 @@ class TicketSearch:
     def _finetune(self, tuning: Any, state: dict | None, rows: list[Row], search_epochs: int) -> None:
         first = 1
         if state is not None and state["phase"] == "finetune":
-            tuning.model.load_state_dict(state["model"])
-            if tuning.optimizer is not None:
-                tuning.optimizer.load_state_dict(state["optimizer"])
-            if tuning.scheduler is not None and state.get("scheduler"):
-                tuning.scheduler.load_state_dict(state["scheduler"])
+            with self._restoring("fine-tuning"):
+                tuning.model.load_state_dict(state["model"])
+                if tuning.optimizer is not None:
+                    tuning.optimizer.load_state_dict(state["optimizer"])
+                if tuning.scheduler is not None and state.get("scheduler"):
+                    tuning.scheduler.load_state_dict(state["scheduler"])
             first = state["epoch"] + 1
             self.log(f"resuming at fine-tune epoch {first}")
         epochs = len(tuning.plans)

@@ -22,9 +22,11 @@ TRIGGER_COLOR = "tab:green"
 def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop_epochs: Mapping[str, int | None],
                         path: str | Path, trigger_epochs: Mapping[str, int | None] | None = None, *,
                         eps: float | None = None, title: str = "Mask distance to the queue per epoch") -> Path:
-    """One subplot per method: max and mean distance of the newest mask to the queue (``eb.history``) per epoch."""
-    if not histories or any(not any(len(d) for d in history) for history in histories.values()):
-        raise ValueError("histories must map at least one method to a history with at least one distance")
+    """One subplot per method: max and mean distance of the newest mask to the queue (``eb.history``) per epoch.
+    A method without any distance yet (a search of one epoch: its first mask has nothing to compare
+    with) gets an empty subplot that says so."""
+    if not histories:
+        raise ValueError("histories must map at least one method to its history (a list per epoch)")
     trigger_epochs = trigger_epochs or {}
     figure = new_figure(figsize=(5.0 * len(histories), 4.0))
     from matplotlib.ticker import MaxNLocator
@@ -41,8 +43,11 @@ def plot_mask_distances(histories: Mapping[str, Sequence[Sequence[float]]], stop
                          label=f"trigger (epoch {trigger_epochs[method]})")
         if stop_epochs.get(method) is not None:
             axis.axvline(stop_epochs[method], color=STOP_COLOR, label=f"ticket drawn (epoch {stop_epochs[method]})")
+        if not any(len(distances) for distances in history):
+            axis.text(0.5, 0.5, f"no mask distance yet:\n{len(history)} epoch(s), nothing to compare with",
+                      transform=axis.transAxes, ha="center", va="center")
         marked = [epoch for epoch in (stop_epochs.get(method), trigger_epochs.get(method)) if epoch is not None]
-        axis.set_xlim(0.5, max([len(history), *marked]) + 0.5)
+        axis.set_xlim(0.5, max([len(history), 1, *marked]) + 0.5)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(method if stop_epochs.get(method) is not None else f"{method} (no ticket drawn)")
         axis.set_xlabel("epoch")
