@@ -243,9 +243,15 @@ def mask_distances_eager(shapes: Sequence[Shape], rows: int = HISTORY_ROWS) -> C
     return cost
 
 
+def packed_mask_bytes(shapes: Sequence[Shape]) -> int:
+    """Bytes of one packed mask per tensor (1 bit per element, ceil(numel / 8) bytes each)."""
+    return sum((numel(shape) + 7) // 8 for shape in shapes)
+
+
 def masked_step_fused(shapes: Sequence[Shape], dense_bytes: int) -> Cost:
-    """masked_sgd_/masked_adam_: the dense step's traffic plus the mask (1 B per weight), one launch."""
-    return Cost(total(shapes) * (dense_bytes + BOOL), 1)
+    """masked_sgd_/masked_adam_ as the masked optimizer calls them: the dense step's traffic plus the
+    packed mask (1/8 B per weight), one launch."""
+    return Cost(total(shapes) * dense_bytes + packed_mask_bytes(shapes), 1)
 
 
 def masked_step_peer(shapes: Sequence[Shape], dense_bytes: int) -> Cost:
@@ -365,9 +371,10 @@ Every figure below is a model, not a measurement: no GPU was available. Assumpti
   streaming bandwidth; launch latency per kernel, fill or host-to-device copy). Caches, overlap of
   launches with the GPU's work and host-side Python time are ignored.
 - Fused bytes are counted per element from the Triton kernels: fp32 = 4 B, bool = 1 B, int32
-  runs = 4 B; keep masks count 1 B per channel or per element. Metadata (block-table entries,
-  scalars, counters) is left out (about 1% of the small BN rows, far less elsewhere), and so are
-  kth_value's per-block atomics on its 256-bin histograms, which resolve in L2.
+  runs = 4 B; keep masks count 1 B per channel or per element, the masked optimizer steps' packed
+  masks 1/8 B per element. Metadata (block-table entries, scalars, counters) is left out (about 1%
+  of the small BN rows, far less elsewhere), and so are kth_value's per-block atomics on its
+  256-bin histograms, which resolve in L2.
 - "aux" counts what the launchers issue besides their kernels in a steady loop: zero fills (kth
   histograms, gemminer kept counter, mask_distances counts), kth_value's state copy and
   mask_distances' threshold copy. The multi-tensor kernels' block tables (truncate_grads_,

@@ -269,7 +269,8 @@ def _optimizer_case(shapes, optimizer: str, way: str):
 @pytest.mark.parametrize("way", ["peer_foreach", "peer_fused", "two_pass", "fused"])
 def test_masked_optimizer_step(benchmark, network, optimizer, way):
     """One optimizer step over every conv/linear weight, pruned weights kept at 0.
-    ``fused``: ``imp.optimizer(...)``'s step (``masked_sgd_``/``masked_adam_``, one pass);
+    ``fused``: ``imp.optimizer(...)``'s step (``masked_sgd_``/``masked_adam_`` reading the masks packed, one
+    bit per weight, one pass);
     ``peer_foreach``/``peer_fused``: torch's fastest *dense* steps (``foreach=True``, ``fused=True``), the
     floor a masked step is held to; ``two_pass``: the foreach step plus zeroing the pruned gradients before
     and the pruned weights after (what IMP did on every step, and still does for other optimizers).
@@ -285,9 +286,11 @@ def test_masked_optimizer_step(benchmark, network, optimizer, way):
     count = _numel(params)
     benchmark.group = f"masked {optimizer} step, {count / 1e6:.1f}M weights at 20% ({name})"
     if way == "fused":
-        made = masked_optimizer(made, dict(zip(params, keep)))
-        # SGD reads weight, grad, momentum, mask and writes weight, momentum; AdamW two moments
-        benchmark.extra_info["bytes"] = count * ((5 if optimizer == "sgd" else 7) * FLOAT + FLAG)
+        made = masked_optimizer(made, dict(zip(params, keep)))  # its step packs the masks (once) and reads bits
+        # SGD reads weight, grad, momentum, the packed mask (1 bit per weight) and writes weight, momentum;
+        # AdamW two moments
+        packed_bytes = sum((param.numel() + 7) // 8 for param in params)
+        benchmark.extra_info["bytes"] = count * (5 if optimizer == "sgd" else 7) * FLOAT + packed_bytes
     made.step()  # the state (momentum buffers, moments) exists before timing
     if way == "two_pass":
         grad_plan = ops.TruncationPlan(params, keep)

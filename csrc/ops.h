@@ -41,7 +41,9 @@ at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, con
                           const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& masked_out);
 
 // One torch.optim step over a list of parameters with the pruned entries (masks False) of weights and state
-// set to 0 (optim.cpp); masks empty = a dense step. Both check the op's contract themselves.
+// set to 0 (optim.cpp); masks empty = a dense step, else all bool (one per entry) or all packed (uint8,
+// ceil(numel / 8) bytes, bit j of byte i = entry 8i+j in the parameter's memory order). Both check the op's
+// contract themselves.
 void masked_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList masks,
                  double lr, double weight_decay, double momentum, double dampening, bool nesterov, bool maximize,
                  bool first_step);

@@ -10,7 +10,16 @@
 // element loops, one per combination of options (template parameters: no branch inside), that the
 // compiler vectorises (-O3, -fno-math-errno); float16/bfloat16 compute in float32
 // and round once per stored value.
+//
+// A mask is one bool byte per entry, or packed: one bit per entry (bit j of byte i is entry 8i+j, entries
+// in the parameter's memory order), 1/8 byte per weight instead of 1. A packed mask is read a 32-bit word
+// (32 entries) at a time: the inner loop over the word's entries takes entry j's bit with a shift, which
+// vectorises as the byte loop does (one vector shift per vector of entries); only the entries before the
+// first and after the last whole word of a thread's range read their bit one at a time.
 #pragma GCC optimize("fp-contract=off")
+
+#include <tuple>
+#include <utility>
 
 #include "common.h"
 #include "ops.h"
@@ -29,62 +38,131 @@ struct AdamScalars {
 
 enum class Momentum { kNone, kFirst, kBlend };  // no buffer; torch's first step (buffer = gradient); blending
 enum class Decay { kNone, kCoupled, kDecoupled };  // no weight decay; Adam's (on the gradient); AdamW's
+enum class MaskKind { kNone, kBytes, kBits };      // dense step; one bool byte per entry; packed, one bit per entry
 
-// Entries [lo, hi) of one tensor. Every option is a template parameter, so that the loop has no branch
-// and vectorises; the mask is a select (never a multiply: inf * 0 is NaN).
+constexpr int kWordBits = 32;  // entries per word of a packed mask read at once
+
+// Entry i of a packed mask.
+C10_ALWAYS_INLINE bool packed_bit(const uint8_t* __restrict bits, int64_t i) {
+  return ((bits[i >> 3] >> (i & 7)) & 1) != 0;
+}
+
+// Entries [32 word, 32 word + 32) of a packed mask, entry 32 word + j at bit j (whatever the byte order).
+C10_ALWAYS_INLINE uint32_t packed_word(const uint8_t* __restrict bits, int64_t word) {
+  const uint8_t* bytes = bits + word * (kWordBits / 8);
+  return uint32_t{bytes[0]} | uint32_t{bytes[1]} << 8 | uint32_t{bytes[2]} << 16 | uint32_t{bytes[3]} << 24;
+}
+
+// The whole words of [lo, hi): entries [first, last), first and last multiples of 32 (first = last = hi
+// when there is none).
+inline std::pair<int64_t, int64_t> whole_words(int64_t lo, int64_t hi) {
+  const int64_t first = std::min(hi, (lo + kWordBits - 1) / kWordBits * kWordBits);
+  return {first, std::max(first, hi / kWordBits * kWordBits)};
+}
+
+// One entry of the SGD step. Every option is a template parameter, so that the loops calling it have no
+// branch and vectorise; the mask is a select (never a multiply: inf * 0 is NaN).
 template <typename T, bool kMasked, bool kDecay, Momentum kMomentum, bool kNesterov>
+C10_ALWAYS_INLINE void sgd_entry(T* __restrict p, const T* __restrict g, T* __restrict b, int64_t i, bool kept,
+                                 const SgdScalars& s) {
+  float param = static_cast<float>(p[i]);
+  float grad = static_cast<float>(g[i]) * s.sign;
+  if constexpr (kDecay) grad = std::fma(param, s.weight_decay, grad);  // grad.add(param, alpha=wd)
+  float buffer = 0.f;
+  if constexpr (kMomentum == Momentum::kFirst) buffer = grad;
+  if constexpr (kMomentum == Momentum::kBlend) {
+    const float decayed = static_cast<float>(b[i]) * s.momentum;  // buf.mul_(momentum), rounded
+    buffer = std::fma(grad, s.one_minus_dampening, decayed);     // .add_(grad, alpha=1 - dampening)
+  }
+  if constexpr (kMomentum != Momentum::kNone) grad = kNesterov ? std::fma(buffer, s.momentum, grad) : buffer;
+  param = std::fma(grad, s.neg_lr, param);  // param.add_(grad, alpha=-lr)
+  if constexpr (kMasked) {
+    param = kept ? param : 0.f;
+    buffer = kept ? buffer : 0.f;
+  }
+  p[i] = static_cast<T>(param);
+  if constexpr (kMomentum != Momentum::kNone) b[i] = static_cast<T>(buffer);
+}
+
+// Entries [lo, hi) of one tensor. (The loops over the mask are written out here and in adam_range: through
+// a shared callable, gcc 12 no longer vectorises the word loop.)
+template <typename T, MaskKind kMask, bool kDecay, Momentum kMomentum, bool kNesterov>
 void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict b, const uint8_t* __restrict keep, int64_t lo,
                int64_t hi, const SgdScalars s) {
-  for (int64_t i = lo; i < hi; ++i) {
-    float param = static_cast<float>(p[i]);
-    float grad = static_cast<float>(g[i]) * s.sign;
-    if constexpr (kDecay) grad = std::fma(param, s.weight_decay, grad);  // grad.add(param, alpha=wd)
-    float buffer = 0.f;
-    if constexpr (kMomentum == Momentum::kFirst) buffer = grad;
-    if constexpr (kMomentum == Momentum::kBlend) {
-      const float decayed = static_cast<float>(b[i]) * s.momentum;  // buf.mul_(momentum), rounded
-      buffer = std::fma(grad, s.one_minus_dampening, decayed);     // .add_(grad, alpha=1 - dampening)
+  constexpr bool kMasked = kMask != MaskKind::kNone;
+  if constexpr (kMask == MaskKind::kBits) {
+    const auto [first, last] = whole_words(lo, hi);
+    for (int64_t i = lo; i < first; ++i) {
+      sgd_entry<T, true, kDecay, kMomentum, kNesterov>(p, g, b, i, packed_bit(keep, i), s);
     }
-    if constexpr (kMomentum != Momentum::kNone) grad = kNesterov ? std::fma(buffer, s.momentum, grad) : buffer;
-    param = std::fma(grad, s.neg_lr, param);  // param.add_(grad, alpha=-lr)
-    if constexpr (kMasked) {
-      const bool kept = keep[i] != 0;
-      param = kept ? param : 0.f;
-      buffer = kept ? buffer : 0.f;
+    for (int64_t word = first / kWordBits; word < last / kWordBits; ++word) {
+      const uint32_t bits = packed_word(keep, word);
+      const int64_t base = word * kWordBits;
+      for (int j = 0; j < kWordBits; ++j) {
+        sgd_entry<T, true, kDecay, kMomentum, kNesterov>(p, g, b, base + j, ((bits >> j) & 1) != 0, s);
+      }
     }
-    p[i] = static_cast<T>(param);
-    if constexpr (kMomentum != Momentum::kNone) b[i] = static_cast<T>(buffer);
+    for (int64_t i = last; i < hi; ++i) {
+      sgd_entry<T, true, kDecay, kMomentum, kNesterov>(p, g, b, i, packed_bit(keep, i), s);
+    }
+  } else {
+    for (int64_t i = lo; i < hi; ++i) {
+      sgd_entry<T, kMasked, kDecay, kMomentum, kNesterov>(p, g, b, i, kMasked && keep[i] != 0, s);
+    }
   }
 }
 
 template <typename T, bool kMasked, Decay kDecay, bool kAmsgrad, bool kLerpSmall>
+C10_ALWAYS_INLINE void adam_entry(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v,
+                                  T* __restrict mx, int64_t i, bool kept, const AdamScalars& s) {
+  float param = static_cast<float>(p[i]);
+  float grad = static_cast<float>(g[i]) * s.sign;
+  if constexpr (kDecay == Decay::kDecoupled) param = param * s.decay_factor;
+  if constexpr (kDecay == Decay::kCoupled) grad = std::fma(param, s.weight_decay, grad);
+  float exp_avg = static_cast<float>(m[i]);
+  // exp_avg.lerp_(grad, 1 - beta1), from the nearer endpoint as torch's lerp
+  exp_avg = kLerpSmall ? std::fma(s.exp_avg_coefficient, grad - exp_avg, exp_avg)
+                       : std::fma(s.exp_avg_coefficient - 1.f, grad - exp_avg, grad);
+  float exp_avg_sq = std::fma(s.exp_avg_sq_coefficient * grad, grad, static_cast<float>(v[i]) * s.beta2);
+  float second = exp_avg_sq;
+  if constexpr (kAmsgrad) second = std::max(static_cast<float>(mx[i]), exp_avg_sq);
+  const float denom = std::sqrt(second) / s.bias_correction2_sqrt + s.eps;
+  param = param + s.neg_step_size * exp_avg / denom;
+  if constexpr (kMasked) {
+    param = kept ? param : 0.f;
+    exp_avg = kept ? exp_avg : 0.f;
+    exp_avg_sq = kept ? exp_avg_sq : 0.f;
+    second = kept ? second : 0.f;
+  }
+  p[i] = static_cast<T>(param);
+  m[i] = static_cast<T>(exp_avg);
+  v[i] = static_cast<T>(exp_avg_sq);
+  if constexpr (kAmsgrad) mx[i] = static_cast<T>(second);
+}
+
+template <typename T, MaskKind kMask, Decay kDecay, bool kAmsgrad, bool kLerpSmall>
 void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, T* __restrict mx,
                 const uint8_t* __restrict keep, int64_t lo, int64_t hi, const AdamScalars s) {
-  for (int64_t i = lo; i < hi; ++i) {
-    float param = static_cast<float>(p[i]);
-    float grad = static_cast<float>(g[i]) * s.sign;
-    if constexpr (kDecay == Decay::kDecoupled) param = param * s.decay_factor;
-    if constexpr (kDecay == Decay::kCoupled) grad = std::fma(param, s.weight_decay, grad);
-    float exp_avg = static_cast<float>(m[i]);
-    // exp_avg.lerp_(grad, 1 - beta1), from the nearer endpoint as torch's lerp
-    exp_avg = kLerpSmall ? std::fma(s.exp_avg_coefficient, grad - exp_avg, exp_avg)
-                         : std::fma(s.exp_avg_coefficient - 1.f, grad - exp_avg, grad);
-    float exp_avg_sq = std::fma(s.exp_avg_sq_coefficient * grad, grad, static_cast<float>(v[i]) * s.beta2);
-    float second = exp_avg_sq;
-    if constexpr (kAmsgrad) second = std::max(static_cast<float>(mx[i]), exp_avg_sq);
-    const float denom = std::sqrt(second) / s.bias_correction2_sqrt + s.eps;
-    param = param + s.neg_step_size * exp_avg / denom;
-    if constexpr (kMasked) {
-      const bool kept = keep[i] != 0;
-      param = kept ? param : 0.f;
-      exp_avg = kept ? exp_avg : 0.f;
-      exp_avg_sq = kept ? exp_avg_sq : 0.f;
-      second = kept ? second : 0.f;
+  constexpr bool kMasked = kMask != MaskKind::kNone;
+  if constexpr (kMask == MaskKind::kBits) {
+    const auto [first, last] = whole_words(lo, hi);
+    for (int64_t i = lo; i < first; ++i) {
+      adam_entry<T, true, kDecay, kAmsgrad, kLerpSmall>(p, g, m, v, mx, i, packed_bit(keep, i), s);
     }
-    p[i] = static_cast<T>(param);
-    m[i] = static_cast<T>(exp_avg);
-    v[i] = static_cast<T>(exp_avg_sq);
-    if constexpr (kAmsgrad) mx[i] = static_cast<T>(second);
+    for (int64_t word = first / kWordBits; word < last / kWordBits; ++word) {
+      const uint32_t bits = packed_word(keep, word);
+      const int64_t base = word * kWordBits;
+      for (int j = 0; j < kWordBits; ++j) {
+        adam_entry<T, true, kDecay, kAmsgrad, kLerpSmall>(p, g, m, v, mx, base + j, ((bits >> j) & 1) != 0, s);
+      }
+    }
+    for (int64_t i = last; i < hi; ++i) {
+      adam_entry<T, true, kDecay, kAmsgrad, kLerpSmall>(p, g, m, v, mx, i, packed_bit(keep, i), s);
+    }
+  } else {
+    for (int64_t i = lo; i < hi; ++i) {
+      adam_entry<T, kMasked, kDecay, kAmsgrad, kLerpSmall>(p, g, m, v, mx, i, kMasked && keep[i] != 0, s);
+    }
   }
 }
 
@@ -121,10 +199,25 @@ std::vector<T*> pointers_or_null(at::TensorList tensors, size_t count) {
   return tensors.empty() ? std::vector<T*>(count, nullptr) : data_pointers<T>(tensors);
 }
 
+// The bytes of each mask (bool or packed uint8); nullptr for every tensor when there are none.
 std::vector<const uint8_t*> mask_pointers(at::TensorList masks, size_t count) {
   std::vector<const uint8_t*> pointers(count, nullptr);
-  for (size_t i = 0; i < masks.size(); ++i) pointers[i] = bool_data(masks[i]);
+  for (size_t i = 0; i < masks.size(); ++i) {
+    pointers[i] = masks[i].scalar_type() == at::kBool ? bool_data(masks[i]) : masks[i].data_ptr<uint8_t>();
+  }
   return pointers;
+}
+
+// Calls f(std::integral_constant<MaskKind, kind>{}).
+template <typename F>
+void with_mask_kind(MaskKind kind, const F& f) {
+  if (kind == MaskKind::kNone) {
+    f(std::integral_constant<MaskKind, MaskKind::kNone>{});
+  } else if (kind == MaskKind::kBytes) {
+    f(std::integral_constant<MaskKind, MaskKind::kBytes>{});
+  } else {
+    f(std::integral_constant<MaskKind, MaskKind::kBits>{});
+  }
 }
 
 // Calls body(tensor, begin, end) over the flat concatenation of `params`, split across threads.
@@ -138,12 +231,12 @@ void parallel_pieces(at::TensorList params, const F& body) {
 
 template <typename T>
 void sgd_list(at::TensorList params, at::TensorList grads, at::TensorList buffers, at::TensorList masks,
-              const SgdScalars& s, bool decay, Momentum momentum, bool nesterov) {
+              MaskKind mask_kind, const SgdScalars& s, bool decay, Momentum momentum, bool nesterov) {
   const auto p = data_pointers<T>(params);
   const auto g = data_pointers<const T>(grads);
   const auto b = pointers_or_null<T>(buffers, params.size());
   const auto k = mask_pointers(masks, params.size());
-  with_bool(!masks.empty(), [&](auto masked) {
+  with_mask_kind(mask_kind, [&](auto masked) {
     with_bool(decay, [&](auto decayed) {
       with_bool(nesterov && momentum != Momentum::kNone, [&](auto nesterov_on) {
         const auto run = [&](auto mode) {
@@ -165,14 +258,15 @@ void sgd_list(at::TensorList params, at::TensorList grads, at::TensorList buffer
 
 template <typename T>
 void adam_list(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-               at::TensorList maxima, at::TensorList masks, const AdamScalars& s, Decay decay, bool lerp_small) {
+               at::TensorList maxima, at::TensorList masks, MaskKind mask_kind, const AdamScalars& s, Decay decay,
+               bool lerp_small) {
   const auto p = data_pointers<T>(params);
   const auto g = data_pointers<const T>(grads);
   const auto m = data_pointers<T>(exp_avgs);
   const auto v = data_pointers<T>(exp_avg_sqs);
   const auto mx = pointers_or_null<T>(maxima, params.size());
   const auto k = mask_pointers(masks, params.size());
-  with_bool(!masks.empty(), [&](auto masked) {
+  with_mask_kind(mask_kind, [&](auto masked) {
     with_bool(!maxima.empty(), [&](auto amsgrad) {
       with_bool(lerp_small, [&](auto small) {
         const auto run = [&](auto mode) {
@@ -245,23 +339,38 @@ std::vector<at::Tensor> check_like_params(at::TensorList tensors, at::TensorList
   return checked;
 }
 
-std::vector<at::Tensor> check_masks(at::TensorList masks, at::TensorList params) {
+// Empty, or one mask per parameter, all of one kind: bool of its shape (or flat), returned in its memory
+// order; or packed, uint8 1-D of ceil(numel / 8) bytes (its entries in the parameter's memory order).
+std::pair<std::vector<at::Tensor>, MaskKind> check_masks(at::TensorList masks, at::TensorList params) {
   std::vector<at::Tensor> checked;
-  if (masks.empty()) return checked;
+  if (masks.empty()) return {checked, MaskKind::kNone};
   TORCH_CHECK_VALUE(masks.size() == params.size(), "masks must be empty or have one mask per parameter: got ",
                     masks.size(), " for ", params.size(), " params");
+  const bool packed = masks[0].scalar_type() == at::kByte;
   checked.reserve(masks.size());
   for (size_t i = 0; i < masks.size(); ++i) {
     const at::Tensor& mask = masks[i];
     const at::Tensor& param = params[i];
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool && mask.device() == param.device(), "masks[", i,
-                     "] must be bool on ", param.device(), ", got ", describe(mask));
-    TORCH_CHECK_VALUE(mask.sizes() == param.sizes() || (mask.dim() == 1 && mask.numel() == param.numel()), "masks[",
-                      i, "] must have the shape of params[", i, "] ", shape_string(param.sizes()), ", got ",
-                      shape_string(mask.sizes()));
-    checked.push_back(in_order_of(mask, param));
+    const auto dtype = mask.scalar_type();
+    TORCH_CHECK_TYPE((dtype == at::kBool || dtype == at::kByte) && mask.device() == param.device(), "masks[", i,
+                     "] must be bool (one per entry) or uint8 (packed bits) on ", param.device(), ", got ",
+                     describe(mask));
+    TORCH_CHECK_VALUE((dtype == at::kByte) == packed, "masks[", i, "] is ", dtype_name(dtype), " but masks[0] is ",
+                      dtype_name(masks[0].scalar_type()), ": the masks must be all bool or all packed (uint8)");
+    if (packed) {
+      const int64_t bytes = (param.numel() + 7) / 8;
+      TORCH_CHECK_VALUE(mask.dim() == 1 && mask.numel() == bytes, "masks[", i, "] (packed) must be 1-D with ",
+                        "ceil(numel / 8) = ", bytes, " bytes for params[", i, "] (", param.numel(),
+                        " entries), got shape ", shape_string(mask.sizes()));
+      checked.push_back(mask.contiguous());
+    } else {
+      TORCH_CHECK_VALUE(mask.sizes() == param.sizes() || (mask.dim() == 1 && mask.numel() == param.numel()),
+                        "masks[", i, "] must have the shape of params[", i, "] ", shape_string(param.sizes()),
+                        ", got ", shape_string(mask.sizes()));
+      checked.push_back(in_order_of(mask, param));
+    }
   }
-  return checked;
+  return {checked, packed ? MaskKind::kBits : MaskKind::kBytes};
 }
 
 void check_empty(at::TensorList tensors, const char* name, const char* when) {
@@ -289,7 +398,9 @@ void masked_sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList 
   }
   const auto dtype = check_params(params);
   const auto grads = check_like_params(grads_in, params, "grads", false);
-  const auto masks = check_masks(masks_in, params);
+  std::vector<at::Tensor> masks;
+  MaskKind mask_kind;
+  std::tie(masks, mask_kind) = check_masks(masks_in, params);
   if (momentum == 0) {
     check_empty(buffers, "momentum_buffers", "when momentum is 0");
   } else {
@@ -303,7 +414,8 @@ void masked_sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList 
   s.sign = maximize ? -1.f : 1.f;
   const Momentum mode = momentum == 0 ? Momentum::kNone : first_step ? Momentum::kFirst : Momentum::kBlend;
   with_float_type(dtype, [&](auto type) {
-    sgd_list<typename decltype(type)::type>(params, grads, buffers, masks, s, weight_decay != 0, mode, nesterov);
+    sgd_list<typename decltype(type)::type>(params, grads, buffers, masks, mask_kind, s, weight_decay != 0, mode,
+                                            nesterov);
   });
 }
 
@@ -332,7 +444,9 @@ void masked_adam_(at::TensorList params, at::TensorList grads_in, at::TensorList
   check_like_params(exp_avgs, params, "exp_avgs", true);
   check_like_params(exp_avg_sqs, params, "exp_avg_sqs", true);
   if (!maxima.empty()) check_like_params(maxima, params, "max_exp_avg_sqs", true);
-  const auto masks = check_masks(masks_in, params);
+  std::vector<at::Tensor> masks;
+  MaskKind mask_kind;
+  std::tie(masks, mask_kind) = check_masks(masks_in, params);
   // As torch's fused step: the bias corrections and the step size in double, then float.
   const double bias_correction1 = 1 - std::pow(beta1, step);
   const double bias_correction2 = 1 - std::pow(beta2, step);
@@ -349,7 +463,8 @@ void masked_adam_(at::TensorList params, at::TensorList grads_in, at::TensorList
   const Decay decay = weight_decay == 0 ? Decay::kNone : decoupled ? Decay::kDecoupled : Decay::kCoupled;
   const bool lerp_small = std::abs(s.exp_avg_coefficient) < 0.5f;
   with_float_type(dtype, [&](auto type) {
-    adam_list<typename decltype(type)::type>(params, grads, exp_avgs, exp_avg_sqs, maxima, masks, s, decay, lerp_small);
+    adam_list<typename decltype(type)::type>(params, grads, exp_avgs, exp_avg_sqs, maxima, masks, mask_kind, s, decay,
+                                             lerp_small);
   });
 }
 

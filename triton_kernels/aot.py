@@ -153,16 +153,18 @@ def specialisations(spec: dict) -> list[dict]:
         out = [_variant(spec, f"coefficients={coefficients}", pointers={"grad_coefficients": coefficients})
                for coefficients in FLOATS]
     elif name in ("masked_sgd_kernel", "masked_adam_kernel"):
-        # momentum: 0 none, 1 first step (buffer written, not read), 2 blend; AMSGrad reads/writes maxima
+        # momentum: 0 none, 1 first step (buffer written, not read), 2 blend; AMSGrad reads/writes maxima;
+        # masks: none, bool (one byte per entry) or packed (one bit per entry)
         state, values = ("MOMENTUM", (0, 1, 2)) if name == "masked_sgd_kernel" else ("AMSGRAD", BOOLS)
+        masks = (("False", False, False), ("True", True, False), ("packed", True, True))
         for dtype in FLOATS:
-            for has_mask in BOOLS:
+            for mask, has_mask, packed in masks:
                 for value in values:
                     for aligned in BOOLS:
-                        out.append(_variant(spec, f"dtype={dtype} mask={has_mask} {state.lower()}={value} "
+                        out.append(_variant(spec, f"dtype={dtype} mask={mask} {state.lower()}={value} "
                                                   f"aligned={aligned}",
                                             constexprs={"DTYPE": FLOATS[dtype], "HAS_MASK": has_mask, state: value,
-                                                        "ALIGNED": aligned},
+                                                        "ALIGNED": aligned, "PACKED": packed},
                                             aligned=aligned, tables=True))
     elif name == "mask_distances_kernel":
         out = [_variant(spec, f"runs={runs} aligned={aligned}", constexprs={"HAS_RUNS": runs, "ALIGNED": aligned},

@@ -10,8 +10,8 @@ float32 ops take them; its float16/bfloat16 ops round some of them, eps and add'
 tensors' dtype, this kernel does not: eps = 1e-8 would be 0 in float16). For float32 a step gives
 torch's bits on the kept entries, but where torch's CPU sqrt is off by one ulp (it is not correctly
 rounded on every build). Per-step switches (maximize, weight decay, Nesterov, the lerp branch) are
-uniform runtime selects; what changes the memory traffic (mask, momentum buffer, AMSGrad maxima)
-and the dtype are constexprs.
+uniform runtime selects; what changes the memory traffic (the mask: none, bool bytes or packed
+bits; momentum buffer, AMSGrad maxima) and the dtype are constexprs.
 """
 
 from __future__ import annotations
@@ -57,11 +57,31 @@ def _store(pointer, offsets, value, in_range, full, kept, HAS_MASK: tl.constexpr
 
 
 @triton.jit
-def _kept(mask, offsets, in_range, full):
-    """The bool mask (read as int8) of a block: True where the entry is kept."""
+def _kept(mask, offsets, in_range, full, PACKED: tl.constexpr):
+    """The mask of a block: True where the entry is kept. A bool mask is read as int8, one byte per
+    entry; a packed one (uint8, bit j of byte i = entry 8i+j) one byte per 8 entries, the entry's bit
+    taken with a shift (the 8 lanes of a byte load the same address)."""
+    if PACKED:
+        if full:
+            byte = tl.load(mask + (offsets >> 3))
+        else:
+            byte = tl.load(mask + (offsets >> 3), mask=in_range, other=0)
+        return ((byte.to(tl.int32) >> (offsets & 7)) & 1) != 0
     if full:
         return tl.load(mask + offsets) != 0
     return tl.load(mask + offsets, mask=in_range, other=1) != 0
+
+
+@triton.jit
+def _mask_pointer(mask_ptrs, tensor, PACKED: tl.constexpr, ALIGNED: tl.constexpr):
+    """The mask of ``tensor``: int8 (bool, aligned like the data) or uint8 (packed bits)."""
+    if PACKED:
+        mask = tl.load(mask_ptrs + tensor).to(tl.pointer_type(tl.uint8))
+    else:
+        mask = tl.load(mask_ptrs + tensor).to(tl.pointer_type(tl.int8))
+        if ALIGNED:
+            mask = tl.multiple_of(mask, 16)
+    return mask
 
 
 @triton.jit
@@ -88,7 +108,7 @@ def masked_sgd_kernel(
     neg_lr, weight_decay, momentum, undampened,
     has_weight_decay, nesterov, maximize,
     DTYPE: tl.constexpr, HAS_MASK: tl.constexpr, MOMENTUM: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr, PACKED: tl.constexpr,
 ):
     """torch.optim.SGD's step: g = -grad if maximize; g = fma(p, wd, g) if wd; buf = g (first
     step) or fma(g, 1 - dampening, buf*momentum); g = fma(buf, momentum, g) if Nesterov else buf;
@@ -102,10 +122,7 @@ def masked_sgd_kernel(
     g = tl.where(has_weight_decay, tl.fma(p, weight_decay, g), g)
     kept = in_range
     if HAS_MASK:
-        mask = tl.load(mask_ptrs + tensor).to(tl.pointer_type(tl.int8))
-        if ALIGNED:
-            mask = tl.multiple_of(mask, 16)
-        kept = _kept(mask, offsets, in_range, full)
+        kept = _kept(_mask_pointer(mask_ptrs, tensor, PACKED, ALIGNED), offsets, in_range, full, PACKED)
     if MOMENTUM != 0:
         buffer = _data(buffer_ptrs, tensor, DTYPE, ALIGNED)
         if MOMENTUM == 1:
@@ -123,7 +140,7 @@ def masked_adam_kernel(
     neg_step_size, bias_correction2_sqrt, eps, weight_decay, decay, lerp_weight, beta2, one_minus_beta2,
     coupled_decay, decoupled_decay, maximize,
     DTYPE: tl.constexpr, HAS_MASK: tl.constexpr, AMSGRAD: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr, PACKED: tl.constexpr,
 ):
     """torch.optim.Adam/AdamW's step: g = -grad if maximize; p = p*(1 - lr*wd) (AdamW) or
     g = fma(p, wd, g) (Adam); m = lerp(m, g, 1 - beta1); v = fma((1 - beta2)*g, g, v*beta2);
@@ -140,10 +157,7 @@ def masked_adam_kernel(
     v = _load(exp_avg_sq, offsets, in_range, full)
     kept = in_range
     if HAS_MASK:
-        mask = tl.load(mask_ptrs + tensor).to(tl.pointer_type(tl.int8))
-        if ALIGNED:
-            mask = tl.multiple_of(mask, 16)
-        kept = _kept(mask, offsets, in_range, full)
+        kept = _kept(_mask_pointer(mask_ptrs, tensor, PACKED, ALIGNED), offsets, in_range, full, PACKED)
     g = tl.where(maximize, -g, g)
     p = tl.where(decoupled_decay, p * decay, p)
     g = tl.where(coupled_decay, tl.fma(p, weight_decay, g), g)
@@ -161,6 +175,17 @@ def masked_adam_kernel(
     denom = tl.div_rn(tl.sqrt_rn(v), bias_correction2_sqrt) + eps
     p = p + tl.div_rn(neg_step_size * m, denom)
     _store(param, offsets, p, in_range, full, kept, HAS_MASK, DTYPE)
+
+
+def _packed(masks: list[torch.Tensor]) -> bool:
+    """Whether the masks are packed bits (uint8; the contract allows no mixed lists)."""
+    return bool(masks) and masks[0].dtype == torch.uint8
+
+
+def _aligned(lists: list[list[torch.Tensor]]) -> bool:
+    """Whether every float tensor and bool mask starts on a 16-byte boundary (packed masks are read a
+    byte per 8 entries, never as vectors: their alignment does not matter)."""
+    return all_aligned([tensor for tensors in lists for tensor in tensors if tensor.dtype != torch.uint8])
 
 
 def masked_sgd_(
@@ -190,8 +215,8 @@ def masked_sgd_(
     masked_sgd_kernel[(table.blocks,)](
         *table.pointers, table.numels, table.block_first, table.block_tensor,
         -lr, weight_decay, momentum, 1 - dampening, weight_decay != 0, bool(nesterov), bool(maximize),
-        DTYPE=triton_dtype(dtype), HAS_MASK=bool(masks), MOMENTUM=mode,
-        ALIGNED=all_aligned([tensor for tensors in lists for tensor in tensors]), BLOCK=BLOCK, **_LAUNCH_OPTIONS,
+        DTYPE=triton_dtype(dtype), HAS_MASK=bool(masks), MOMENTUM=mode, ALIGNED=_aligned(lists), BLOCK=BLOCK,
+        PACKED=_packed(masks), **_LAUNCH_OPTIONS,
     )
 
 
@@ -230,8 +255,8 @@ def masked_adam_(
         -step_size, bias_correction2_sqrt, eps, weight_decay, 1 - lr * weight_decay,
         1 - beta1, float(beta2), 1 - beta2,
         weight_decay != 0 and not decoupled, weight_decay != 0 and bool(decoupled), bool(maximize),
-        DTYPE=triton_dtype(dtype), HAS_MASK=bool(masks), AMSGRAD=bool(maxima),
-        ALIGNED=all_aligned([tensor for tensors in lists for tensor in tensors]), BLOCK=BLOCK, **_LAUNCH_OPTIONS,
+        DTYPE=triton_dtype(dtype), HAS_MASK=bool(masks), AMSGRAD=bool(maxima), ALIGNED=_aligned(lists), BLOCK=BLOCK,
+        PACKED=_packed(masks), **_LAUNCH_OPTIONS,
     )
 
 
@@ -241,7 +266,7 @@ _SGD_SIGNATURE = {
     "block_tensor": "*i64", "neg_lr": "fp32", "weight_decay": "fp32", "momentum": "fp32", "undampened": "fp32",
     "has_weight_decay": "u1", "nesterov": "u1", "maximize": "u1",
     "DTYPE": "constexpr", "HAS_MASK": "constexpr", "MOMENTUM": "constexpr", "ALIGNED": "constexpr",
-    "BLOCK": "constexpr",
+    "BLOCK": "constexpr", "PACKED": "constexpr",
 }
 _ADAM_SIGNATURE = {
     **_TABLE, "exp_avg_ptrs": "*i64", "exp_avg_sq_ptrs": "*i64", "max_ptrs": "*i64", "mask_ptrs": "*i64",
@@ -250,14 +275,15 @@ _ADAM_SIGNATURE = {
     "decay": "fp32", "lerp_weight": "fp32", "beta2": "fp32", "one_minus_beta2": "fp32",
     "coupled_decay": "u1", "decoupled_decay": "u1", "maximize": "u1",
     "DTYPE": "constexpr", "HAS_MASK": "constexpr", "AMSGRAD": "constexpr", "ALIGNED": "constexpr",
-    "BLOCK": "constexpr",
+    "BLOCK": "constexpr", "PACKED": "constexpr",
 }
 AOT_SPECS = [
     {
         "name": "masked_sgd_kernel",
         "fn": masked_sgd_kernel,
         "signature": _SGD_SIGNATURE,
-        "constexprs": {"DTYPE": tl.float32, "HAS_MASK": True, "MOMENTUM": BLEND, "ALIGNED": True, "BLOCK": BLOCK},
+        "constexprs": {"DTYPE": tl.float32, "HAS_MASK": True, "MOMENTUM": BLEND, "ALIGNED": True, "BLOCK": BLOCK,
+                       "PACKED": True},
         "attrs": aot_attrs(list(range(7))),
         "options": _LAUNCH_OPTIONS,
         "streaming": True,
@@ -266,7 +292,8 @@ AOT_SPECS = [
         "name": "masked_adam_kernel",
         "fn": masked_adam_kernel,
         "signature": _ADAM_SIGNATURE,
-        "constexprs": {"DTYPE": tl.float32, "HAS_MASK": True, "AMSGRAD": False, "ALIGNED": True, "BLOCK": BLOCK},
+        "constexprs": {"DTYPE": tl.float32, "HAS_MASK": True, "AMSGRAD": False, "ALIGNED": True, "BLOCK": BLOCK,
+                       "PACKED": True},
         "attrs": aot_attrs(list(range(9))),
         "options": _LAUNCH_OPTIONS,
         "streaming": True,

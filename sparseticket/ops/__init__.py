@@ -25,7 +25,7 @@ from sparseticket.ops.columns import scale_columns
 from sparseticket.ops.gemminer import MaskedWeightSlots, gemminer_mask, gemminer_masked_weight, gemminer_step_
 from sparseticket.ops.kth import digit_histogram, kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
-from sparseticket.ops.optim import masked_adam_, masked_sgd_
+from sparseticket.ops.optim import masked_adam_, masked_sgd_, pack_optimizer_mask
 from sparseticket.ops.sharded import sharded_kth_value
 from sparseticket.ops.slots import OutputSlot
 from sparseticket.ops.truncate import TruncationPlan, truncate_grads_
@@ -50,6 +50,7 @@ __all__ = [
     "masked_sgd_",
     "memory_order",
     "pack_mask",
+    "pack_optimizer_mask",
     "scale_columns",
     "sharded_kth_value",
     "truncate_grads_",

@@ -39,6 +39,7 @@ from sparseticket.ops._validate import (
 
 TRUNCATE_NAMES = ("grads", "keep", "params")
 SCALE_DTYPES = (*FLOAT_DTYPES, torch.float64)
+MASK_DTYPES = (torch.bool, torch.uint8)  # the optimizer steps' masks: one bool per entry, or packed bits
 DIGIT_SHIFTS = (24, 16, 8, 0)
 
 
@@ -355,9 +356,40 @@ def _same_as_params(name: str, tensors: list, params: list, dtype: torch.dtype, 
     return checked
 
 
+def _optimizer_masks(masks: list, params: list, device: torch.device) -> list[torch.Tensor]:
+    """``masks`` empty, or one per parameter, all of one kind: bool of the parameter's shape (or
+    flat), returned in its memory order; or packed, uint8 1-D of ``ceil(numel / 8)`` bytes (bit j
+    of byte i = entry 8i+j, entries in the parameter's memory order), returned contiguous."""
+    if not masks:
+        return masks
+    if len(masks) != len(params):
+        raise ValueError(f"masks must be empty or have one mask per parameter: got {len(masks)} for "
+                         f"{len(params)} params")
+    packed = isinstance(masks[0], torch.Tensor) and masks[0].dtype == torch.uint8
+    checked = []
+    for index, (mask, param) in enumerate(zip(masks, params)):
+        check_tensor(f"masks[{index}]", mask, MASK_DTYPES, device)
+        if (mask.dtype == torch.uint8) != packed:
+            raise ValueError(f"masks[{index}] is {str(mask.dtype).removeprefix('torch.')} but masks[0] is "
+                             f"{str(masks[0].dtype).removeprefix('torch.')}: the masks must be all bool or all "
+                             "packed (uint8)")
+        if packed:
+            expected = packed_size(param.numel())
+            if mask.dim() != 1 or mask.numel() != expected:
+                raise ValueError(f"masks[{index}] (packed) must be 1-D with ceil(numel / 8) = {expected} bytes for "
+                                 f"params[{index}] ({param.numel()} entries), got shape {tuple(mask.shape)}")
+            checked.append(_readable(mask))
+            continue
+        if mask.shape != param.shape and not (mask.dim() == 1 and mask.numel() == param.numel()):
+            raise ValueError(f"masks[{index}] must have the shape of params[{index}] {tuple(param.shape)}, "
+                             f"got {tuple(mask.shape)}")
+        checked.append(in_order_of(mask, param))
+    return checked
+
+
 def _optimizer_lists(params: object, grads: object, masks: object) -> tuple:
     """``params`` float, one dtype and device, contiguous or channels_last; ``grads`` one per
-    parameter (its shape and dtype); ``masks`` empty or one bool per parameter (its shape)."""
+    parameter (its shape and dtype); ``masks`` as ``_optimizer_masks``."""
     params = _as_list("params", params)
     grads = _as_list("grads", grads)
     masks = _as_list("masks", masks)
@@ -370,18 +402,7 @@ def _optimizer_lists(params: object, grads: object, masks: object) -> tuple:
     for index, param in enumerate(params):
         check_flat_dense(f"params[{index}]", param)
     grads = _same_as_params("grads", grads, params, dtype, device, writable=False)
-    if masks:
-        if len(masks) != len(params):
-            raise ValueError(f"masks must be empty or have one mask per parameter: got {len(masks)} for "
-                             f"{len(params)} params")
-        checked = []
-        for index, (mask, param) in enumerate(zip(masks, params)):
-            check_tensor(f"masks[{index}]", mask, (torch.bool,), device)
-            if mask.shape != param.shape and not (mask.dim() == 1 and mask.numel() == param.numel()):
-                raise ValueError(f"masks[{index}] must have the shape of params[{index}] {tuple(param.shape)}, "
-                                 f"got {tuple(mask.shape)}")
-            checked.append(in_order_of(mask, param))
-        masks = checked
+    masks = _optimizer_masks(masks, params, device)
     return params, grads, masks, dtype, device
 
 

@@ -5,6 +5,9 @@ optimizer state) at exactly 0: the two extra passes a pruning method pays otherw
 pruned gradients, zero the pruned weights again after the step) are not needed. On the kept
 entries the result is ``torch.optim``'s (see ``docs/ops.md`` for the bit-for-bit guarantees per
 backend). ``sparseticket.methods.masked_optimizer`` wraps them as a drop-in optimizer.
+
+A mask is one bool per entry, or packed: one bit per entry (``pack_optimizer_mask``), 1/8 byte per
+weight instead of 1 on a step that moves 20 (SGD with momentum) to 28 (Adam) bytes per weight.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from sparseticket.ops._library import define_op, register_fake
+from sparseticket.ops._validate import FLOAT_DTYPES, check_tensor, in_order_of, memory_order
+from sparseticket.ops.masks import pack_mask
 
 _sgd_op = define_op(
     "masked_sgd_",
@@ -38,6 +43,20 @@ def _adam_fake(*args) -> None:
     return None
 
 
+def pack_optimizer_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``mask`` (bool, ``param``'s shape) packed for ``masked_sgd_``/``masked_adam_``: uint8
+    ``[ceil(numel / 8)]``, bit j of byte i = entry 8i+j of ``param`` counted in its memory order
+    (row-major, or channels_last's NHWC order for a channels_last parameter)."""
+    check_tensor("param", param, FLOAT_DTYPES)
+    check_tensor("mask", mask, (torch.bool,), param.device)
+    if mask.shape != param.shape:
+        raise ValueError(f"mask must have the shape of param {tuple(param.shape)}, got {tuple(mask.shape)}")
+    if memory_order(param) is None:
+        raise ValueError("param must be contiguous or channels_last (as masked_sgd_/masked_adam_ take it)")
+    ordered = in_order_of(mask, param)  # param's strides: its memory holds the entries in param's order
+    return pack_mask(ordered.as_strided((ordered.numel(),), (1,)))
+
+
 def masked_sgd_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -57,8 +76,11 @@ def masked_sgd_(
 
     ``momentum_buffers``: one per parameter (its shape, dtype and layout) when ``momentum != 0``,
     else empty; ``first_step=True`` sets them to the gradient (torch's first step, when the
-    optimizer has no buffer yet) instead of blending. ``masks``: empty (a dense step) or one bool
-    tensor of each parameter's shape. The hyper-parameters are ``torch.optim.SGD``'s.
+    optimizer has no buffer yet) instead of blending. ``masks``: empty (a dense step), or one mask
+    per parameter, all bool or all packed: bool of the parameter's shape, or packed bits (uint8
+    ``[ceil(numel / 8)]``, bit j of byte i = entry 8i+j in the parameter's memory order: see
+    ``pack_optimizer_mask``), which the kernels read at 1/8 byte per weight instead of 1. The
+    hyper-parameters are ``torch.optim.SGD``'s.
     """
     _sgd_op(list(params), list(grads), list(momentum_buffers), list(masks), lr, weight_decay, momentum,
             dampening, nesterov, maximize, first_step)

@@ -3,16 +3,29 @@
 Each is ``torch.optim``'s for-loop step (``foreach=False``), op for op, followed by zeroing the
 pruned entries of the weights and of the optimizer state: on the kept entries it gives
 ``torch.optim.SGD`` / ``Adam`` / ``AdamW`` bit for bit, in any dtype; pruned entries come out
-exactly 0 whatever their gradient held (inf and NaN included).
+exactly 0 whatever their gradient held (inf and NaN included). A packed mask (uint8, bit j of
+byte i = entry 8i+j of the parameter in its memory order) is unpacked first.
 """
 
 from __future__ import annotations
 
 import torch
 
+from sparseticket.reference.masks import unpack_mask
 
-def _zero_pruned(keep: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    pruned = ~keep
+
+def _keep(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The bool mask of ``param``'s shape: ``mask`` itself, or a packed mask unpacked into the
+    parameter's layout (its bits count the entries in the parameter's memory order)."""
+    if mask.dtype == torch.bool:
+        return mask
+    keep = torch.empty_like(param, dtype=torch.bool)  # param's strides (it is contiguous or channels_last)
+    keep.as_strided((keep.numel(),), (1,)).copy_(unpack_mask(mask, param.numel()))
+    return keep
+
+
+def _zero_pruned(mask: torch.Tensor, param: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    pruned = ~_keep(mask, param)
     for tensor in tensors:
         tensor.masked_fill_(pruned, 0)
 
@@ -34,7 +47,8 @@ def masked_sgd_(
 
     ``momentum_buffers`` is empty when ``momentum == 0``; ``first_step``: the buffers are set to
     the (decayed) gradient, as torch does when a parameter has no buffer yet. ``masks`` is empty
-    (every entry kept) or one bool tensor of each parameter's shape.
+    (every entry kept), one bool tensor of each parameter's shape, or one packed uint8 mask of
+    ``ceil(numel / 8)`` bytes per parameter.
     """
     for index, param in enumerate(params):
         grad = grads[index] if not maximize else -grads[index]
@@ -50,7 +64,7 @@ def masked_sgd_(
             grad = grad.add(buffer, alpha=momentum) if nesterov else buffer
         param.add_(grad, alpha=-lr)
         if masks:
-            _zero_pruned(masks[index], [param] if buffer is None else [param, buffer])
+            _zero_pruned(masks[index], param, [param] if buffer is None else [param, buffer])
 
 
 def masked_adam_(
@@ -96,4 +110,4 @@ def masked_adam_(
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
         param.addcdiv_(exp_avg, denom, value=-step_size)
         if masks:
-            _zero_pruned(masks[index], state)
+            _zero_pruned(masks[index], param, state)

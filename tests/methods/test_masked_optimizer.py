@@ -4,6 +4,7 @@ the same training as the two-pass hooks, with pruned weights and state at exactl
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 
 import pytest
@@ -234,3 +235,79 @@ def test_bad_input():
         masked_optimizer(optimizer, {model[0].weight: torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="differentiable=True"):
         masked_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, differentiable=True), {})
+
+
+def test_the_step_reads_packed_masks_made_once_and_again_after_each_edit(monkeypatch):
+    """The masks are packed (one bit per weight) at the first step, reused while unchanged, packed again
+    after an in-place edit (what prune_round does), and the step follows the edited mask."""
+    module = importlib.import_module("sparseticket.methods.masked_optimizer")  # the package exports the function
+    packs = []
+    real_pack = module.pack_optimizer_mask
+
+    def counting_pack(mask, param):
+        packs.append(param)
+        return real_pack(mask, param)
+
+    monkeypatch.setattr(module, "pack_optimizer_mask", counting_pack)
+    model = mlp()
+    imp = IMP(model, rate=0.5)
+    optimizer = imp.optimizer(sgd(model.parameters()))
+    data = batches(5, 3)
+    train(model, optimizer, data[:2])
+    assert len(packs) == len(imp.weights)  # once per mask, at the first step
+    packed = optimizer._packed_masks[imp.weights[0]][1]
+    assert packed.dtype == torch.uint8 and packed.numel() == (imp.weights[0].numel() + 7) // 8
+    assert torch.equal(packed, module.pack_optimizer_mask(imp.masks[0], imp.weights[0]))
+    packs.clear()
+    imp.prune_round()  # edits every mask in place
+    train(model, optimizer, data[2:])
+    assert len(packs) == len(imp.weights)
+    assert torch.equal(optimizer._packed_masks[imp.weights[0]][1], real_pack(imp.masks[0], imp.weights[0]))
+    for weight, mask in zip(imp.weights, imp.masks):
+        assert not weight.detach()[~mask].any() and weight.detach()[mask].any()
+    packs.clear()
+    imp.masks[1][0, :3] = False  # a user's own in-place edit
+    train(model, optimizer, data[:1])
+    assert len(packs) == 1 and packs[0] is imp.weights[1]
+    assert not imp.weights[1].detach()[0, :3].any()
+
+
+def test_ticket_optimizer_on_a_channels_last_conv_net_packs_in_memory_order():
+    """Conv weights in channels_last: each packed mask counts the weights in memory (NHWC) order, so the
+    fused fine-tuning equals the gradient_mask hook's, bit for bit."""
+    def convnet(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3), nn.Flatten(), nn.LazyLinear(4))
+        net(torch.randn(1, 3, 8, 8))
+        return net.to(memory_format=torch.channels_last)
+
+    source = convnet(0)
+    imp = IMP(source, rate=0.5)
+    imp.prune_round()
+    ticket = imp.ticket()
+    generator = torch.Generator().manual_seed(7)
+    data = [(torch.randn(4, 3, 8, 8, generator=generator).to(memory_format=torch.channels_last),
+             torch.randint(0, 4, (4,), generator=generator)) for _ in range(4)]
+    results = []
+    for fused in (True, False):
+        model = convnet(1)
+        optimizer = sgd(model.parameters())
+        hook = None
+        if fused:
+            optimizer = ticket.optimizer(model, optimizer)
+        else:
+            ticket.apply_(model)
+            hook = ticket.gradient_mask(model)
+        for inputs, labels in data:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            if hook is not None:
+                hook()
+            optimizer.step()
+        results.append(model)
+    assert results[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    for got, want in zip(results[0].parameters(), results[1].parameters()):
+        assert torch.equal(got, want)
+    weights = dict(results[0].named_parameters())
+    for name, mask in ticket.masks.items():
+        assert not weights[name].detach()[~mask].any()

@@ -5,7 +5,8 @@ the C++ kernel equals ``torch.optim.SGD`` (for-loop and foreach) in float32 and 
 ``Adam``/``AdamW`` (``fused=True``) in float32 on every entry torch's fused kernel computes with
 vectors (all but each tensor's last ``numel % 16`` entries, where torch's own scalar tail rounds the
 second moment differently: within 1e-6 relative there). The Triton kernel (interpreter) is compared
-with the reference to float32 rounding.
+with the reference to float32 rounding. Packed masks (one bit per entry, in the parameter's memory
+order) give every backend's bool-mask result bit for bit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 import torch
 from conftest import FLOAT_DTYPES, reference_run
 
-from sparseticket.ops import cpu_backend, masked_adam_, masked_sgd_
+from sparseticket.ops import cpu_backend, masked_adam_, masked_sgd_, pack_mask, pack_optimizer_mask
 
 SHAPES = [(1,), (7,), (33,), (2047,), (2049,), (16, 3, 3, 3), (40, 70), (5003,)]
 VECTOR_SHAPES = [(16,), (64, 3, 3, 3), (96, 48), (4096,)]  # numel % 16 == 0
@@ -287,3 +288,217 @@ def test_bad_adam_input_names_the_argument(backend_name, changes, message):
 def test_op_called_directly_checks_too():
     with pytest.raises(ValueError, match="grads must have one tensor per parameter"):
         torch.ops.sparseticket.masked_sgd_([torch.randn(3)], [], [], [], 0.1, 0.0, 0.0, 0.0, False, False, False)
+
+
+# ------------------------------------------------------------ packed masks (one bit per entry)
+# numel < 8, not a multiple of 8 (the packed mask ends mid-byte), multiples of 8 and of 32, and tensors
+# large enough that the C++ kernel's threads split them inside a 32-entry word
+PACKED_SHAPES = [(1,), (5,), (8,), (13,), (31, 3), (32,), (16, 3, 3, 3), (40, 70), (5003,), (0,), (2, 0, 3)]
+BACKENDS = ["cpp", "triton", "reference"]
+
+
+def _channels_last_case(generator, dtype=torch.float32, steps=3):
+    """Conv weights in channels_last (one 1x1, whose layouts coincide) beside row-major tensors."""
+    shapes = [(8, 4, 3, 3), (6, 5, 1, 1), (37,), (3, 7, 2, 5)]
+    params, grads = _tensors(shapes, generator, dtype, steps)
+    last = [0, 1, 3]
+    for index in last:
+        params[index] = params[index].to(memory_format=torch.channels_last)
+        for step in grads:
+            step[index] = step[index].to(memory_format=torch.channels_last)
+    return params, grads
+
+
+def _masks_for(params, generator, density=0.6):
+    return [torch.rand(param.shape, generator=generator) < density for param in params]
+
+
+def _packed(masks, params):
+    return [pack_optimizer_mask(mask, param) for mask, param in zip(masks, params)]
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("options", SGD_OPTIONS)
+def test_packed_sgd_is_the_bool_mask_step_bit_for_bit(generator, backend_name, dtype, options):
+    params, grads = _tensors(PACKED_SHAPES, generator, dtype, steps=3)
+    masks = _masks_for(params, generator)
+    with cpu_backend(backend_name):
+        with_bools = _sgd_run(params, grads, options, masks)
+        with_bits = _sgd_run(params, grads, options, _packed(masks, params))
+    _assert_equal(with_bits[0] + with_bits[1], with_bools[0] + with_bools[1])
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(("decoupled", "options"), list(itertools.product((False, True), ADAM_OPTIONS)))
+def test_packed_adam_is_the_bool_mask_step_bit_for_bit(generator, backend_name, dtype, decoupled, options):
+    params, grads = _tensors(PACKED_SHAPES, generator, dtype, steps=3)
+    masks = _masks_for(params, generator)
+    with cpu_backend(backend_name):
+        with_bools, bool_state = _adam_run(params, grads, options, decoupled, masks)
+        with_bits, bit_state = _adam_run(params, grads, options, decoupled, _packed(masks, params))
+    _assert_equal(with_bits + sum(bit_state, []), with_bools + sum(bool_state, []))
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_packed_masks_of_channels_last_parameters_follow_their_memory_order(generator, backend_name, kind):
+    """Bit k of a channels_last parameter's packed mask is its k-th entry in memory (NHWC), as
+    ``pack_optimizer_mask`` packs it: the result is the bool mask's, and the row-major copy's."""
+    params, grads = _channels_last_case(generator)
+    masks = _masks_for(params, generator)
+    assert torch.equal(pack_optimizer_mask(masks[0], params[0]), pack_mask(masks[0].permute(0, 2, 3, 1)))
+    assert not torch.equal(pack_optimizer_mask(masks[0], params[0]), pack_mask(masks[0]))
+    rows = ([param.contiguous() for param in params], [[grad.contiguous() for grad in step] for step in grads])
+    with cpu_backend(backend_name):
+        if kind == "sgd":
+            runs = [_sgd_run(params, grads, SGD_OPTIONS[2], masks), _sgd_run(params, grads, SGD_OPTIONS[2],
+                                                                               _packed(masks, params)),
+                    _sgd_run(*rows, SGD_OPTIONS[2], _packed(masks, rows[0]))]
+            results = [run[0] + run[1] for run in runs]
+        else:
+            runs = [_adam_run(params, grads, ADAM_OPTIONS[1], True, masks),
+                    _adam_run(params, grads, ADAM_OPTIONS[1], True, _packed(masks, params)),
+                    _adam_run(*rows, ADAM_OPTIONS[1], True, _packed(masks, rows[0]))]
+            results = [run[0] + sum(run[1], []) for run in runs]
+    assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(results[1], results[0])
+    _assert_equal(results[2], results[0])  # the same values, in the other layout
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS)
+def test_cpp_packed_sgd_is_torch_sgd_on_the_kept_entries(generator, options):
+    """Kept entries: torch.optim.SGD's bits (the step of an entry reads nothing else); all kept: all of them."""
+    params, grads = _tensors(PACKED_SHAPES, generator, steps=4)
+    masks = _masks_for(params, generator)
+    expected = _torch_run(torch.optim.SGD, params, grads, options, foreach=True)
+    every = [torch.ones_like(param, dtype=torch.bool) for param in params]
+    with cpu_backend("cpp"):
+        masked = _sgd_run(params, grads, options, _packed(masks, params))[0]
+        dense = _sgd_run(params, grads, options, _packed(every, params))[0]
+    _assert_equal(dense, expected)
+    for got, want, mask in zip(masked, expected, masks):
+        assert torch.equal(got[mask], want[mask])
+        assert not got[~mask].any()
+
+
+@pytest.mark.parametrize(("cls", "options"), ADAM_CASES)
+def test_cpp_packed_adam_is_torch_fused_adam_on_the_kept_entries(generator, cls, options):
+    params, grads = _tensors(VECTOR_SHAPES, generator, steps=4)
+    masks = _masks_for(params, generator)
+    expected = _torch_run(cls, params, grads, options, fused=True)
+    every = [torch.ones_like(param, dtype=torch.bool) for param in params]
+    with cpu_backend("cpp"):
+        masked = _adam_run(params, grads, options, cls is torch.optim.AdamW, _packed(masks, params))[0]
+        dense = _adam_run(params, grads, options, cls is torch.optim.AdamW, _packed(every, params))[0]
+    _assert_equal(dense, expected)
+    for got, want, mask in zip(masked, expected, masks):
+        assert torch.equal(got[mask], want[mask])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_reference_packed_step_is_torch_for_loop_on_the_kept_entries(generator, dtype, kind):
+    params, grads = _tensors(PACKED_SHAPES, generator, dtype, steps=3)
+    masks = _masks_for(params, generator)
+    with cpu_backend("reference"):
+        if kind == "sgd":
+            expected = _torch_run(torch.optim.SGD, params, grads, SGD_OPTIONS[3], foreach=False)
+            masked = _sgd_run(params, grads, SGD_OPTIONS[3], _packed(masks, params))[0]
+        else:
+            expected = _torch_run(torch.optim.AdamW, params, grads, ADAM_OPTIONS[2], foreach=False)
+            masked = _adam_run(params, grads, ADAM_OPTIONS[2], True, _packed(masks, params))[0]
+    for got, want, mask in zip(masked, expected, masks):
+        torch.testing.assert_close(got[mask], want[mask], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_packed_padding_bits_are_ignored(generator, backend_name):
+    """The bits past the last entry of a packed mask that ends mid-byte are never read as entries."""
+    params, grads = _tensors([(13,), (5,), (37,)], generator, steps=2)
+    masks = _masks_for(params, generator)
+    packed = _packed(masks, params)
+    padded = [mask.clone() for mask in packed]
+    for mask, param in zip(padded, params):
+        mask[-1] |= (0xFF << (param.numel() % 8)) & 0xFF  # set every padding bit
+    with cpu_backend(backend_name):
+        clean = _sgd_run(params, grads, SGD_OPTIONS[2], packed)
+        dirty = _sgd_run(params, grads, SGD_OPTIONS[2], padded)
+    _assert_equal(dirty[0] + dirty[1], clean[0] + clean[1])
+
+
+def test_cpp_packed_result_does_not_depend_on_the_thread_count(generator):
+    """Two threads split the list inside a 32-entry word: the entries around the split read their bit
+    one at a time."""
+    params, grads = _tensors([(300_007,), (70_001,)], generator, steps=3)
+    masks = _packed(_masks_for(params, generator), params)
+    threads = torch.get_num_threads()
+    results = []
+    with cpu_backend("cpp"):
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            try:
+                results.append(_adam_run(params, grads, ADAM_OPTIONS[1], True, masks)[0]
+                               + _sgd_run(params, grads, SGD_OPTIONS[3], masks)[0])
+            finally:
+                torch.set_num_threads(threads)
+        bools = _sgd_run(params, grads, SGD_OPTIONS[3], _masks_for(params, generator.manual_seed(0)))[0]
+        bits = _sgd_run(params, grads, SGD_OPTIONS[3], _packed(_masks_for(params, generator.manual_seed(0)), params))[0]
+    _assert_equal(results[0], results[1])
+    _assert_equal(bits, bools)
+
+
+def test_pack_optimizer_mask_checks_its_arguments():
+    param = torch.randn(4, 3)
+    with pytest.raises(TypeError, match="mask must be bool"):
+        pack_optimizer_mask(torch.ones(4, 3), param)
+    with pytest.raises(ValueError, match=r"mask must have the shape of param \(4, 3\)"):
+        pack_optimizer_mask(torch.ones(12, dtype=torch.bool), param)
+    with pytest.raises(ValueError, match="param must be contiguous or channels_last"):
+        pack_optimizer_mask(torch.ones(3, 4, dtype=torch.bool), param.t())
+
+
+@pytest.mark.parametrize(("masks", "error", "message"), [
+    ([torch.zeros(2, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8)], ValueError,
+     r"masks\[0\] \(packed\) must be 1-D with ceil\(numel / 8\) = 3 bytes for params\[0\] \(17 entries\), "
+     r"got shape \(2,\)"),
+    ([torch.zeros(1, 3, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8)], ValueError,
+     r"masks\[0\] \(packed\) must be 1-D with ceil\(numel / 8\) = 3 bytes"),
+    ([torch.zeros(3, dtype=torch.uint8), torch.zeros(2, dtype=torch.uint8)], ValueError,
+     r"masks\[1\] \(packed\) must be 1-D with ceil\(numel / 8\) = 1 bytes for params\[1\] \(5 entries\)"),
+    ([torch.zeros(3, dtype=torch.int8), torch.zeros(1, dtype=torch.uint8)], TypeError,
+     r"masks\[0\] must be bool.*uint8.*got int8 on cpu"),
+    ([torch.zeros(3, dtype=torch.uint8), torch.zeros(1, dtype=torch.uint8, device="meta")], TypeError,
+     r"masks\[1\] must be bool.*uint8.* on cpu, got uint8 on meta"),
+    ([torch.zeros(3, dtype=torch.uint8), torch.ones(5, dtype=torch.bool)], ValueError,
+     r"masks\[1\] is bool but masks\[0\] is uint8: the masks must be all bool or all packed"),
+    ([torch.ones(17, dtype=torch.bool), torch.zeros(1, dtype=torch.uint8)], ValueError,
+     r"masks\[1\] is uint8 but masks\[0\] is bool"),
+])
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_bad_packed_masks_name_the_argument(backend_name, kind, masks, error, message):
+    params = [torch.randn(17), torch.randn(5)]
+    grads = [torch.randn(17), torch.randn(5)]
+    with cpu_backend(backend_name), pytest.raises(error, match=message):
+        if kind == "sgd":
+            masked_sgd_(params, grads, [], masks, lr=0.1)
+        else:
+            masked_adam_(params, grads, [torch.zeros(17), torch.zeros(5)], [torch.zeros(17), torch.zeros(5)], [],
+                         masks, lr=0.1, step=1)
+
+
+def test_packed_masks_under_torch_compile(generator):
+    """The contract also runs on fake tensors: a compiled step with packed masks is the eager one."""
+    params, grads = _tensors([(37,), (8, 3, 3, 3)], generator, steps=1)
+    packed = _packed(_masks_for(params, generator), params)
+    eager = [param.clone() for param in params]
+    compiled = [param.clone() for param in params]
+
+    def step(weights, step_grads, masks):
+        masked_sgd_(weights, step_grads, [], masks, lr=0.1, weight_decay=1e-2)
+
+    step(eager, grads[0], packed)
+    torch.compile(step, fullgraph=True)(compiled, grads[0], packed)
+    _assert_equal(compiled, eager)
