@@ -313,7 +313,7 @@ class IMPJob(Job):
         optimizer, scheduler = search_optimizer(twin, self.schedule, self.round_steps, self.steps_per_epoch)
         optimizer.load_state_dict(copy.deepcopy(captured["optimizer"]))
         scheduler.load_state_dict(copy.deepcopy(captured["scheduler"]))
-        masked = METHODS[self.name](twin, rate=self.method.rate)
+        masked = METHODS[self.name](twin, rate=self.method.rate, exclude=self.method.exclude)  # the same layers
         for mask, source in zip(masked.masks, self.method.masks):
             mask.copy_(source)
         masked.apply_masks()

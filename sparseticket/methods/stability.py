@@ -76,12 +76,16 @@ def _error(model: nn.Module, loader: Iterable) -> float:
     return wrong / count
 
 
-def error_barrier(model_a: nn.Module, model_b: nn.Module, loader: Iterable, points: int = 30) -> Barrier:
+def error_barrier(model_a: nn.Module, model_b: nn.Module, loader: Iterable, points: int = 30,
+                  prepare: Callable[[nn.Module], object] | None = None) -> Barrier:
     """Max error on the line from ``model_a`` to ``model_b`` minus the mean of the endpoint errors.
 
     Every floating parameter and buffer is interpolated, BatchNorm running statistics included
     (integer buffers such as ``num_batches_tracked`` come from ``model_a``); the models are
     evaluated in eval mode at ``points`` evenly spaced alphas in [0, 1], endpoints included.
+    ``prepare(network)``, when given, runs on each interpolated network (endpoints included) before
+    it is evaluated: e.g. re-estimating its BatchNorm statistics on training data
+    (``sparseticket.driver.training.recalibrate_batchnorm``) instead of interpolating them.
     Neither input model is modified.
     """
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
@@ -94,6 +98,8 @@ def error_barrier(model_a: nn.Module, model_b: nn.Module, loader: Iterable, poin
     errors = []
     for alpha in alphas:
         probe.load_state_dict(_interpolate(state_a, state_b, alpha))
+        if prepare is not None:
+            prepare(probe)
         errors.append(_error(probe, loader))
     barrier = max(errors) - (errors[0] + errors[-1]) / 2
     return Barrier(barrier=barrier, errors=errors, alphas=alphas)

@@ -21,7 +21,8 @@ from sparseticket.reporting.stats import paired_test
 from sparseticket.studies import claims
 
 ROWS = ("1", "2a", "2b", "3", "4")
-PLOTS = ("found_epochs.png", "accuracy_at_pruning.png", "accuracy_vs_search.png", "barrier_vs_k.png")
+PLOTS = ("found_epochs.png", "accuracy_at_pruning.png", "accuracy_vs_search.png", "barrier_vs_density.png",
+         "barrier_vs_k.png")
 UNITS = ("found-seed000", "found-seed001", "gemminer-seed000", "gemminer-seed001", "random-seed000",
          "random-seed001", "imp-k0-seed000", "imp-k0-seed001", "imp-k1ep-seed000", "imp-k1ep-seed001")
 
@@ -58,7 +59,7 @@ def test_claims_md_has_every_claim_with_an_allowed_verdict(small_run: tuple[Path
     assert sorted(rows) == sorted(ROWS)
     for _number, cells in rows.items():
         assert len(cells) == 6, cells  # number | claim | source | measured | p-value | verdict
-        verdict = re.match(r"\*\*(\w+)\*\*", cells[5])
+        verdict = re.match(r"\*\*([\w ]+)\*\*", cells[5])
         assert verdict is not None and verdict.group(1) in claims.VERDICTS, cells[5]
         assert re.fullmatch(r"n/a|< 1e-4|[0-9.e-]+", cells[4]), cells[4]
         assert "n = 2" in cells[3], cells[3]  # 2 seeds per claim under --small

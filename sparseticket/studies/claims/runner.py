@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sparseticket.studies.claims.settings import Settings
+from sparseticket.studies.claims.settings import ADDED_FIELDS, Settings
 from sparseticket.studies.claims.units import prunes_to, run_found, run_gemminer, run_imp, run_random
 
 
@@ -49,8 +49,14 @@ class Unit:
 
 
 def settings_record(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON would store them (tuples become lists)."""
-    return json.loads(json.dumps(asdict(settings)))
+    """The settings as JSON would store them (tuples become lists); the fields added after the digits runs
+    (``ADDED_FIELDS``) only where they differ from their defaults, so the digits records stay valid."""
+    record = asdict(settings)
+    defaults = Settings()
+    for name in ADDED_FIELDS:
+        if record[name] == getattr(defaults, name):
+            del record[name]
+    return json.loads(json.dumps(record))
 
 
 def load_cached(path: Path, settings: Settings) -> dict[str, Any] | None:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERDICTS = ("holds", "fails", "inconclusive")
+VERDICTS = ("holds", "fails", "inconclusive", "not testable here")
+NOT_TESTABLE = VERDICTS[3]  # the claim's premise is absent on this task (claim 4: k = 0 stable everywhere)
 STABLE_BARRIER = 0.02  # Frankle et al.: stable when the error barrier is below 2%
 NON_INFERIORITY = 0.01  # claim 3: Gem-Miner "at IMP's accuracy" = within 1 point
 FAR_LESS = 0.2  # claim 3: "far less search compute" = at most 1/5 of IMP's search epochs
 SECOND_ORDER = 1_000_003  # data seed offset of the second copy of an instability pair
 QUEUE = 5  # EarlyBird's queue (the paper's default)
+BARRIER_BN = ("interpolated", "recomputed")  # BatchNorm statistics of an interpolated network in a barrier
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that determines a unit's result (a cached unit is reused only under equal settings)."""
+    """Everything that determines a unit's result (a cached unit is reused only under equal settings).
+
+    The defaults are the digits task's; ``tasks.TASKS[name].settings`` holds each task's.
+    """
 
     epochs: int = 40  # EarlyBird/WORM: training length (LR schedule) and the cap on the found epoch
     round_epochs: int = 20  # IMP's round length T, Gem-Miner's mining epochs, every fine-tuning
@@ -34,6 +39,15 @@ class Settings:
     split_seed: int = 0
     train_limit: int | None = None  # only the first N training images (the --small plumbing size)
     convention: str = "original"  # the claims are about the papers' methods: the authors' code's semantics
+    # added with the MNIST-1D task; recorded only when they differ from these defaults (ADDED_FIELDS)
+    task: str = "digits"  # tasks.TASKS: the data set and the model
+    imp_exclude: tuple[str, ...] = ("output",)  # IMP's dense layers ("output": the classifier; () prunes all)
+    barrier_bn: str = "interpolated"  # "recomputed": BN statistics re-estimated on every interpolated network
+
+
+# Fields added after the digits runs: a unit's record stores them only when they differ from their
+# default, so the records made before them (every field at its default) stay valid.
+ADDED_FIELDS = ("task", "imp_exclude", "barrier_bn")
 
 
 def first_full_queue(settings: Settings) -> int:
@@ -44,4 +58,3 @@ def first_full_queue(settings: Settings) -> int:
 
 SMALL = {"seeds": 2, "seeds_other": 2, "epochs": 6, "round_epochs": 6, "width": 4,
          "train_limit": 256, "imp_rate": 0.8, "barrier_points": 6}
-

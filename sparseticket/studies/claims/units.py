@@ -1,6 +1,6 @@
-"""The units of work of ``sparseticket reproduce``: the harder digits task and one method family on one
-seed per unit (EarlyBird+WORM, Gem-Miner, random, IMP at each rewind step), each run through the
-search driver (``sparseticket.driver``) with the task's data order and recipe."""
+"""The units of work of ``sparseticket reproduce``: one method family on one seed per unit (EarlyBird+WORM,
+Gem-Miner, random, IMP at each rewind step) on the settings' task (``tasks``: data, model, recipe), each run
+through the search driver (``sparseticket.driver``) with the task's data order and recipe."""
 
 from __future__ import annotations
 
@@ -14,30 +14,39 @@ import torch
 from torch import nn
 
 from sparseticket.studies.claims.settings import QUEUE, SECOND_ORDER, Settings
+from sparseticket.studies.claims.tasks import TASKS, task_of
 
 
 # ============================================================================ data and training
 @functools.lru_cache(maxsize=4)
-def digits_split(split_seed: int, train_limit: int | None) -> Any:
-    """The digits split with training-time distortions and a distorted test set (cached per process)."""
-    from sparseticket.builtin.data import load_digits_split
-
-    split = load_digits_split(seed=split_seed)
+def _split(task: str, split_seed: int, train_limit: int | None) -> Any:
+    """Task ``task``'s split (first ``train_limit`` training examples), distorted where the task is (cached)."""
+    split = TASKS[task].load(split_seed)
     if train_limit is not None:
         split = replace(split, train_images=split.train_images[:train_limit],
                         train_labels=split.train_labels[:train_limit])
-    return split.augmented()
+    return split.augmented() if TASKS[task].augment else split
+
+
+def task_split(settings: Settings) -> Any:
+    """The settings' task's split (cached per process)."""
+    return _split(task_of(settings).name, settings.split_seed, settings.train_limit)
+
+
+def digits_split(split_seed: int, train_limit: int | None) -> Any:
+    """The digits split with training-time distortions and a distorted test set (cached per process)."""
+    return _split("digits", split_seed, train_limit)
 
 
 def steps_per_epoch(settings: Settings) -> int:
     """Training iterations per epoch (the last batch may be smaller)."""
-    count = len(digits_split(settings.split_seed, settings.train_limit).train_labels)
+    count = len(task_split(settings).train_labels)
     return math.ceil(count / settings.batch_size)
 
 
 def epoch_batches(settings: Settings, data_seed: int, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of epoch ``epoch`` (0-based): order and distortions are functions of (data_seed, epoch)."""
-    split = digits_split(settings.split_seed, settings.train_limit)
+    split = task_split(settings)
     seed = data_seed * 100_003 + epoch
     images = split.training_images(seed)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
@@ -45,12 +54,14 @@ def epoch_batches(settings: Settings, data_seed: int, epoch: int) -> list[tuple[
 
 
 def build_model(settings: Settings, seed: int) -> nn.Module:
-    """ResNet-20 for 8x8 digits; the seed fixes the initialization (the same for every method)."""
-    from sparseticket.builtin.models import resnet20
+    """The task's built-in model (digits: ResNet-20; MNIST-1D: cnn1d) of the settings' width; the seed fixes
+    the initialization (the same for every method)."""
+    from sparseticket.builtin.models import build_model as build_builtin
 
+    task = task_of(settings)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
-        return resnet20(classes=10, in_channels=1, width=settings.width)
+        return build_builtin(task.model, classes=10, width=settings.width, input_shape=task.input_shape)
 
 
 def schedule(settings: Settings, epochs: int, finetune_epochs: int) -> Any:
@@ -70,7 +81,7 @@ def training_data(settings: Settings, data_seed: int) -> Any:
     """The task's batches for the driver: epoch e of any phase is ``epoch_batches(settings, data_seed, e)``."""
     from sparseticket.driver.data import TrainingData
 
-    return TrainingData(digits_split(settings.split_seed, settings.train_limit),
+    return TrainingData(task_split(settings),
                         lambda _phase, epoch: epoch_batches(settings, data_seed, epoch), steps_per_epoch(settings))
 
 
@@ -85,12 +96,19 @@ def _search(method: str, settings: Settings, run_seed: int, epochs: int, finetun
     return search.run()
 
 
+def _accuracies(metrics: dict[str, float]) -> dict[str, float]:
+    """``evaluate``'s metrics as a record's accuracy: clean, and distorted where the task has a distorted test set."""
+    accuracy = {"clean": metrics["test_accuracy"]}
+    if "test_accuracy_distorted" in metrics:
+        accuracy["distorted"] = metrics["test_accuracy_distorted"]
+    return accuracy
+
+
 def _evaluate(model: nn.Module, settings: Settings) -> dict[str, float]:
-    """Clean and distorted test accuracy."""
+    """Clean test accuracy, and distorted where the task has a distorted test set."""
     from sparseticket.driver.training import evaluate
 
-    metrics = evaluate(model, digits_split(settings.split_seed, settings.train_limit))
-    return {"clean": metrics["test_accuracy"], "distorted": metrics["test_accuracy_distorted"]}
+    return _accuracies(evaluate(model, task_split(settings)))
 
 
 # ============================================================================ units of work
@@ -122,10 +140,14 @@ def _weight_ticket(found: Any, settings: Settings, search_epochs: int) -> dict[s
 
 def run_gemminer(settings: Settings, seed: int) -> dict[str, Any]:
     """Claim 3: Gem-Miner mines a mask at ``density`` for ``round_epochs``, then fine-tunes as long
-    from the initialization with the task's recipe."""
+    from the initialization with the task's recipe. ``before_finetune``: the mined network itself (weights
+    at their initialization, live mask p > 0.5 and q = 1, BN statistics from mining), as Rare Gems reports it."""
     found = _search("gemminer", settings, seed, settings.round_epochs, settings.round_epochs,
                     density=settings.density, lr=settings.score_lr, seed=seed, convention=settings.convention)
-    return _weight_ticket(found, settings, settings.round_epochs)
+    record = _weight_ticket(found, settings, settings.round_epochs)
+    record["before_finetune"] = {"accuracy": _evaluate(found.job.model, settings),
+                                 "density": found.job.method.mask_density}
+    return record
 
 
 def run_random(settings: Settings, seed: int) -> dict[str, Any]:
@@ -157,9 +179,14 @@ def run_imp(settings: Settings, seed: int, rewind: str) -> dict[str, Any]:
     Round r >= 2 trains iterations k..T-1 with round 1's batches and LRs there (open_lth's rewinding);
     the ticket is trained as the last round.
     """
+    from sparseticket.driver.training import recalibrate_batchnorm
     from sparseticket.methods import error_barrier
 
-    split = digits_split(settings.split_seed, settings.train_limit)
+    split = task_split(settings)
+    prepare = None
+    if settings.barrier_bn == "recomputed":  # each interpolated network's BN statistics, re-estimated
+        def prepare(network: nn.Module) -> None:
+            recalibrate_batchnorm(network, split.train_images)
     per_epoch = steps_per_epoch(settings)
     total = settings.round_epochs * per_epoch
     barrier_rounds = {barrier_round(d, settings): d for d in settings.barrier_densities}
@@ -170,11 +197,12 @@ def run_imp(settings: Settings, seed: int, rewind: str) -> dict[str, Any]:
         prunes = len(rounds)
         now = time.perf_counter()
         record = {"prunes": prunes, "density": job.method.density,
-                  "accuracy": {"clean": accuracy["test_accuracy"], "distorted": accuracy["test_accuracy_distorted"]},
+                  "accuracy": _accuracies(accuracy),
                   "epochs": (total - (job.rewind_at if prunes else 0)) / per_epoch, "seconds": now - clock[0]}
         if prunes in barrier_rounds:
             second = job.rewound_copy(lambda epoch: epoch_batches(settings, seed + SECOND_ORDER, epoch))
-            barrier = error_barrier(model, second, split.test_loader(), points=settings.barrier_points)
+            barrier = error_barrier(model, second, split.test_loader(), points=settings.barrier_points,
+                                    prepare=prepare)
             record["barrier"] = {"target_density": barrier_rounds[prunes], "barrier": barrier.barrier,
                                  "errors": barrier.errors}
         rounds.append(record)
@@ -184,7 +212,7 @@ def run_imp(settings: Settings, seed: int, rewind: str) -> dict[str, Any]:
     found = _search("imp", settings, seed, settings.round_epochs, settings.round_epochs,
                     job_options={"round_end": lambda job, _round, accuracy: entry(job, job.model, accuracy)},
                     rate=settings.imp_rate, rewind_step=rewind, density=settings.density,
-                    convention=settings.convention)
+                    exclude=settings.imp_exclude, convention=settings.convention)
     from sparseticket.driver.training import evaluate
 
     entry(found.job, found.model, evaluate(found.model, split))

@@ -12,6 +12,7 @@ from sparseticket.studies.claims.runner import Unit
 from sparseticket.studies.claims.settings import (
     FAR_LESS,
     NON_INFERIORITY,
+    NOT_TESTABLE,
     QUEUE,
     STABLE_BARRIER,
     Settings,
@@ -80,6 +81,8 @@ def claim_found_epoch(found: list[dict[str, Any]], settings: Settings, required:
     test = paired_test(worm, eb)
     verdict, reason = directional_verdict(test, -1, required)
     undrawn = {m: sum(r["result"][m]["found_epoch"] is None for r in found) for m in ("earlybird", "worm")}
+    if test.n >= required and undrawn["earlybird"] == undrawn["worm"] == test.n:
+        verdict, reason = NOT_TESTABLE, f"neither method drew a ticket within {settings.epochs} epochs on any seed"
     triggers = [r["result"]["worm"]["trigger_epoch"] for r in found]
     first = first_full_queue(settings)
     at_queue = sum(t == first for t in triggers)
@@ -142,6 +145,24 @@ def imp_rewind_description(settings: Settings) -> str:
     return positive[0] if positive else settings.rewind_steps[0]
 
 
+def _distorted_text(tickets: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> str:
+    """``Distorted-test accuracy: ...`` where the task has a distorted test set, else ``""``."""
+    if not all("distorted" in r["accuracy"] for rs in tickets.values() for r in rs):
+        return ""
+    parts = [f"{labels[name]} {_fmt(summary([r['accuracy']['distorted'] for r in rs]))}"
+             for name, rs in tickets.items()]
+    return "Distorted-test accuracy: " + ", ".join(parts) + ". "
+
+
+def before_finetune(gm: Sequence[dict[str, Any]]) -> tuple[Summary, Summary] | None:
+    """Gem-Miner's mined network before fine-tuning: (clean accuracy, live-mask density) summaries, or None
+    when the records predate that measurement."""
+    if not gm or not all("before_finetune" in r for r in gm):
+        return None
+    return (summary([r["before_finetune"]["accuracy"]["clean"] for r in gm]),
+            summary([r["before_finetune"]["density"] for r in gm]))
+
+
 def claim_gemminer(records: dict[str, dict[str, Any]], seeds: Sequence[int], settings: Settings, required: int
                    ) -> tuple[ClaimRow, str]:
     """Claim 3 row and its paragraph."""
@@ -151,7 +172,6 @@ def claim_gemminer(records: dict[str, dict[str, Any]], seeds: Sequence[int], set
     rnd = [records[Unit("random", s).name]["result"] for s in seeds]
     tickets = {"gm": gm, "imp": imp, "rnd": rnd}
     accuracy = {name: [r["accuracy"]["clean"] for r in rs] for name, rs in tickets.items()}
-    distorted = {name: [r["accuracy"]["distorted"] for r in rs] for name, rs in tickets.items()}
     test = paired_test(accuracy["gm"], accuracy["imp"])
     gm_epochs, imp_epochs = summary([r["search_epochs"] for r in gm]), summary([r["search_epochs"] for r in imp])
     gm_seconds, imp_seconds = summary([r["search_seconds"] for r in gm]), summary([r["search_seconds"] for r in imp])
@@ -171,24 +191,38 @@ def claim_gemminer(records: dict[str, dict[str, Any]], seeds: Sequence[int], set
                                     f"epochs at most {FAR_LESS:g} of IMP's")
     else:
         verdict, reason = "inconclusive", f"the 95% interval of the accuracy difference straddles -{NON_INFERIORITY:g}"
-    measured = (f"clean accuracy at {settings.density:g} density: Gem-Miner {_fmt(summary(accuracy['gm']))}, "
+    mined = before_finetune(gm)
+    before = ("" if mined is None else
+              f" (before fine-tuning {_fmt(mined[0])} at live-mask density {format_summary(mined[1], 4, False)})")
+    measured = (f"clean accuracy at {settings.density:g} density: Gem-Miner {_fmt(summary(accuracy['gm']))}{before}, "
                 f"IMP (k = {rewind}) {_fmt(summary(accuracy['imp']))}, random {_fmt(summary(accuracy['rnd']))}; "
                 f"Gem-Miner − IMP {_difference(test)}; search epochs Gem-Miner {gm_epochs.mean:g} vs IMP "
                 f"{imp_epochs.mean:g} (ratio {ratio:.3f}); search seconds {format_summary(gm_seconds, 1, False)} "
                 f"vs {format_summary(imp_seconds, 1, False)}")
+    if mined is None:
+        mined_text = ("Gem-Miner's accuracy before fine-tuning is not in these records (they were computed before "
+                      "it was measured; delete results/gemminer-*.json to measure it). ")
+    else:
+        mined_text = (f"Before fine-tuning (as Rare Gems reports it: the mined network itself, weights at their "
+                      f"initialization, live mask p > 0.5 and q = 1, BN statistics from mining), Gem-Miner's "
+                      f"clean accuracy is {_fmt(mined[0])} at live-mask density {_fmt(mined[1], 4)} (the "
+                      f"regulariser pushes some unfrozen scores under 0.5); fine-tuning starts from the flags q at "
+                      f"exactly {settings.density:g}. ")
+    excluded = ", ".join("the output layer" if name == "output" else name for name in settings.imp_exclude)
+    layers = f"every layer but {excluded}" if excluded else "every layer"
     text = (f"Per seed, from the same initialization and data order: Gem-Miner mines scores for "
             f"{settings.round_epochs} epochs (period 5, lambda 1e-4, score lr {settings.score_lr:g} cosine, "
             f"momentum 0.9) to density "
             f"{settings.density:g}, then the masked weights are fine-tuned from their initialization for "
             f"{settings.round_epochs} epochs; a random ticket (uniform per-layer density) gets the same fine-tuning; "
-            f"IMP (rate {settings.imp_rate:g} per round, rewound to k = {rewind}) prunes over "
+            f"IMP (rate {settings.imp_rate:g} per round over {layers}, rewound to k = {rewind}) prunes over "
             f"{prunes_to(settings.density, settings.imp_rate)} rounds of {settings.round_epochs} epochs (rounds after "
             f"the first train k..T) and its ticket's accuracy is that of the last round at {settings.density:g}. "
             f"Fine-tuning uses the task's recipe (SGD lr {settings.lr:g}, momentum {settings.momentum:g}, "
             f"{settings.lr_schedule} schedule) for every ticket. Search compute = epochs (and wall seconds) spent "
-            f"finding the mask: Gem-Miner's mining, IMP's rounds before the final one. Distorted-test accuracy: "
-            f"Gem-Miner {_fmt(summary(distorted['gm']))}, IMP {_fmt(summary(distorted['imp']))}, random "
-            f"{_fmt(summary(distorted['rnd']))}. Verdict rule: holds when the 95% interval of (Gem-Miner − IMP) "
+            f"finding the mask: Gem-Miner's mining, IMP's rounds before the final one. " + mined_text
+            + _distorted_text(tickets, {"gm": "Gem-Miner", "imp": "IMP", "rnd": "random"})
+            + f"Verdict rule: holds when the 95% interval of (Gem-Miner − IMP) "
             f"accuracy lies above -{NON_INFERIORITY:g} and Gem-Miner's search epochs are at most {FAR_LESS:g} of "
             f"IMP's; fails when the interval lies below -{NON_INFERIORITY:g} or the compute ratio exceeds "
             f"{FAR_LESS:g}; the p-value is the paired t-test of the accuracies.")
@@ -197,65 +231,138 @@ def claim_gemminer(records: dict[str, dict[str, Any]], seeds: Sequence[int], set
                     measured, test.p_value, verdict, reason), text
 
 
-def barrier_table(records: dict[str, dict[str, Any]], seeds: Sequence[int], settings: Settings
+def barrier_table(records: dict[str, dict[str, Any]], seeds: Sequence[int], settings: Settings, key: str = "barrier"
                   ) -> dict[tuple[str, float], list[float]]:
-    """Error barriers per (rewind, target density), one value per seed in ``seeds`` order."""
+    """Error barriers (``key="accuracy"``: the round's clean test accuracy) per (rewind, target density), one
+    value per seed in ``seeds`` order."""
     table: dict[tuple[str, float], list[float]] = {}
     for rewind in settings.rewind_steps:
         for seed in seeds:
             for entry in records[Unit("imp", seed, rewind).name]["result"]["rounds"]:
                 if "barrier" in entry:
-                    key = (rewind, entry["barrier"]["target_density"])
-                    table.setdefault(key, []).append(entry["barrier"]["barrier"])
+                    value = entry["barrier"]["barrier"] if key == "barrier" else entry["accuracy"]["clean"]
+                    table.setdefault((rewind, entry["barrier"]["target_density"]), []).append(value)
     return table
+
+
+def _upper(value: Summary) -> float:
+    """The 95% interval's upper end (the mean when there is no interval)."""
+    return value.mean if value.high is None else value.high
+
+
+def _lower(value: Summary) -> float:
+    """The 95% interval's lower end (the mean when there is no interval)."""
+    return value.mean if value.low is None else value.low
+
+
+def stable_everywhere(barriers: Sequence[Sequence[float]]) -> bool:
+    """True when, at every density tried, the 95% interval of the barrier lies below ``STABLE_BARRIER``."""
+    return bool(barriers) and all(_upper(summary(values)) < STABLE_BARRIER for values in barriers)
+
+
+def rewind_steps_split(settings: Settings) -> tuple[list[str], list[str]]:
+    """(the k = 0 steps, the k > 0 steps) among ``settings.rewind_steps``."""
+    zero = [r for r in settings.rewind_steps if r in ("0", "0it", "0ep")]
+    return zero, [r for r in settings.rewind_steps if r not in zero]
+
+
+def stability_verdict(at_zero: Sequence[float], at_k: Sequence[float], zero_everywhere: Sequence[Sequence[float]],
+                      k: str, required: int) -> tuple[str, str, PairedTest]:
+    """Claim 4's verdict from the barriers at the lowest density (``at_zero`` for k = 0, ``at_k`` for k > 0, per
+    seed) and k = 0's barriers at every density tried (``zero_everywhere``).
+
+    With at least ``required`` seeds: not testable when k = 0 is clearly stable (95% interval below 2%) at every
+    density (no instability for rewinding to remove); fails when the mean difference is zero or reversed, k > 0
+    clearly unstable or k = 0 clearly stable at the lowest density; holds when k = 0's barrier exceeds k > 0's
+    (p < 0.05) and the means lie on either side of 2%; inconclusive otherwise.
+    """
+    test = paired_test(at_zero, at_k)
+    verdict, reason = directional_verdict(test, +1, required)
+    if test.n >= required:
+        zero_summary, k_summary = summary(at_zero), summary(at_k)
+        if stable_everywhere(zero_everywhere):
+            verdict, reason = NOT_TESTABLE, ("k = 0 is stable (95% interval of its barrier below 2%) at every density "
+                                             "tried: no instability for rewinding to remove")
+        elif _lower(k_summary) >= STABLE_BARRIER:
+            verdict, reason = "fails", f"k = {k} is unstable (95% interval of its barrier >= 2%)"
+        elif _upper(zero_summary) < STABLE_BARRIER:
+            verdict, reason = "fails", "k = 0 is stable (95% interval of its barrier below 2%)"
+        elif verdict == "holds" and not (k_summary.mean < STABLE_BARRIER <= zero_summary.mean):
+            verdict, reason = "inconclusive", "k = 0 less stable than k > 0, but the means do not straddle 2%"
+    return verdict, reason, test
+
+
+def lowering_densities(table: dict[tuple[str, float], list[float]], zero: str, k: str,
+                       densities: Sequence[float], required: int) -> list[tuple[float, PairedTest, str]]:
+    """Per density: the paired test of (k = 0) − (k) barriers and its directional verdict ("holds": k lowers it)."""
+    rows = []
+    for density in densities:
+        test = paired_test(table.get((zero, density), []), table.get((k, density), []))
+        rows.append((density, test, directional_verdict(test, +1, required)[0]))
+    return rows
 
 
 def claim_stability(records: dict[str, dict[str, Any]], seeds: Sequence[int], settings: Settings, required: int
                     ) -> tuple[ClaimRow, str]:
     """Claim 4 row and its paragraph (with the barrier table)."""
     table = barrier_table(records, seeds, settings)
-    zero = [r for r in settings.rewind_steps if r in ("0", "0it", "0ep")]
-    positive = [r for r in settings.rewind_steps if r not in zero]
+    accuracy = barrier_table(records, seeds, settings, "accuracy")
+    zero, positive = rewind_steps_split(settings)
     lowest = min(settings.barrier_densities)
-    p_value, measured = None, "n/a"
+    densities = sorted(settings.barrier_densities, reverse=True)
+    p_value, measured, lowered = None, "n/a", ""
     if not zero or not positive:
         verdict, reason = "inconclusive", "needs k = 0 and a k > 0 in --rewind-steps"
     else:
         at_zero, at_k = table[(zero[0], lowest)], table[(positive[0], lowest)]
-        test = paired_test(at_zero, at_k)
+        verdict, reason, test = stability_verdict(at_zero, at_k, [table[(zero[0], d)] for d in densities],
+                                                  positive[0], required)
         p_value = test.p_value
-        zero_summary, k_summary = summary(at_zero), summary(at_k)
-        measured = (f"error barrier at density {lowest:g}: k = 0 {_fmt(zero_summary)}, k = {positive[0]} "
-                    f"{_fmt(k_summary)}; (k = 0) − (k = {positive[0]}) {_difference(test)}")
-        verdict, reason = directional_verdict(test, +1, required)
-        if test.n >= required:
-            k_low = k_summary.low if k_summary.low is not None else k_summary.mean
-            zero_high = zero_summary.high if zero_summary.high is not None else zero_summary.mean
-            if k_low >= STABLE_BARRIER:
-                verdict, reason = "fails", f"k = {positive[0]} is unstable (95% interval of its barrier >= 2%)"
-            elif zero_high < STABLE_BARRIER:
-                verdict, reason = "fails", "k = 0 is stable (95% interval of its barrier below 2%)"
-            elif verdict == "holds" and not (k_summary.mean < STABLE_BARRIER <= zero_summary.mean):
-                verdict, reason = "inconclusive", "k = 0 less stable than k > 0, but the means do not straddle 2%"
-    lines = ["| density | " + " | ".join(f"k = {r}" for r in settings.rewind_steps) + " |",
-             "|---|" + "---|" * len(settings.rewind_steps)]
+        measured = (f"error barrier at density {lowest:g}: k = 0 {_fmt(summary(at_zero))}, k = {positive[0]} "
+                    f"{_fmt(summary(at_k))}; (k = 0) − (k = {positive[0]}) {_difference(test)}")
+        for k in positive:
+            where = [d for d, _, v in lowering_densities(table, zero[0], k, densities, required) if v == "holds"]
+            if len(seeds) < required:
+                lowered += f" Where k = {k} lowers the barrier: not tested per density ({_seeds(len(seeds))})."
+                continue
+            lowered += (f" k = {k} lowers the barrier (paired t-test, p < 0.05, {_seeds(len(seeds))}) at "
+                        + (f"density {', '.join(f'{d:g}' for d in where)}" if where else "no density tried") + ".")
+        measured += ";" + lowered.rstrip(".")
     first = records[Unit("imp", seeds[0], settings.rewind_steps[0]).name]["result"]["rounds"]
     actual = {entry["barrier"]["target_density"]: entry["density"] for entry in first if "barrier" in entry}
-    for density in sorted(settings.barrier_densities, reverse=True):
+    header = ["density", *(f"k = {r}" for r in settings.rewind_steps)]
+    if zero:
+        header += [f"(k = 0) − (k = {k}) [95% interval], p" for k in positive]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
+    for density in densities:
         cells = [format_summary(summary(table.get((r, density), [])), 3, False) for r in settings.rewind_steps]
+        for k in positive if zero else []:
+            _, test, verdict_k = lowering_densities(table, zero[0], k, [density], required)[0]
+            p = "n/a" if test.p_value is None else f"{test.p_value:.2g}"
+            cells.append(f"{format_summary(test.difference, 3)}, p {p}" + (" (lower)" if verdict_k == "holds" else ""))
         lines.append(f"| {actual.get(density, density):.3f} | " + " | ".join(cells) + " |")
+    accuracy_lines = ["| density | " + " | ".join(f"k = {r}" for r in settings.rewind_steps) + " |",
+                      "|---|" + "---|" * len(settings.rewind_steps)]
+    for density in densities:
+        cells = [format_summary(summary(accuracy.get((r, density), [])), 3, False) for r in settings.rewind_steps]
+        accuracy_lines.append(f"| {actual.get(density, density):.3f} | " + " | ".join(cells) + " |")
+    bn = ("re-estimated on the training set for every interpolated network, endpoints included"
+          if settings.barrier_bn == "recomputed" else "interpolated with the weights")
     text = (f"Per seed and rewind step k, IMP (rate {settings.imp_rate:g}, rounds of {settings.round_epochs} epochs) "
             f"is run down to {settings.density:g}; at each density closest to "
             f"{', '.join(f'{d:g}' for d in settings.barrier_densities)}, the round's trained network and a second "
             f"copy trained from the same step-k state ("
             + ("weights and LR schedule, a fresh optimizer as open_lth" if settings.convention == "original"
                else "weights, momentum, LR schedule") + ") with another data order "
-            f"are interpolated at {settings.barrier_points} points; barrier = max test error on the line − mean of "
-            f"the endpoint errors (stable below 2%). Verdict at the lowest density: holds when k = 0's barrier "
-            f"exceeds k > 0's (paired t-test p < 0.05) and the means lie on either side of 2%; fails when the "
-            f"mean difference is zero or reversed, when k > 0 is clearly unstable, or k = 0 clearly stable "
-            f"(95% intervals). Barrier mean ± std over {_seeds(len(seeds))}:\n\n" + "\n".join(lines))
+            f"are interpolated at {settings.barrier_points} points (BatchNorm statistics {bn}); barrier = max test "
+            f"error on the line − mean of the endpoint errors (stable below 2%). Verdict at the lowest density: "
+            f"holds when k = 0's barrier exceeds k > 0's (paired t-test p < 0.05) and the means lie on either side "
+            f"of 2%; fails when the mean difference is zero or reversed, when k > 0 is clearly unstable, or k = 0 "
+            f"clearly stable (95% intervals); not testable here when k = 0 is clearly stable at every density tried "
+            f"(the claim's premise, an unstable k = 0, is absent)." + lowered
+            + f" Barrier mean ± std over {_seeds(len(seeds))}, and the paired difference per density "
+            f"(\"lower\": k > 0's barrier lower with p < 0.05):\n\n" + "\n".join(lines)
+            + f"\n\nClean test accuracy of each round's trained network (mean ± std over {_seeds(len(seeds))}):\n\n"
+            + "\n".join(accuracy_lines))
     return ClaimRow("4", "IMP rewound to k > 0 is stable while k = 0 is not, at high sparsity",
                     "Frankle et al. 2020 (linear mode connectivity)", measured, p_value, verdict, reason), text
-
-
