@@ -109,8 +109,8 @@ def _failed_writing(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.filename is None
     text = str(error)
-    return isinstance(error, RuntimeError) and any(
-        marker in text for marker in ("basic_ios", "PytorchStreamWriter failed", "file write failed", "inline_container"))
+    markers = ("basic_ios", "PytorchStreamWriter failed", "file write failed", "inline_container")
+    return isinstance(error, RuntimeError) and any(marker in text for marker in markers)
 
 
 def _write_error(path: Path, error: BaseException) -> OSError:
@@ -142,3 +142,50 @@ def remove_leftover_temporaries(folder: str | os.PathLike) -> list[str]:
             entry.unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
+
+
+class FolderInUse(ValueError):
+    """Another process holds a folder's exclusive lock (``lock_folder``)."""
+
+
+def lock_folder(folder: str | os.PathLike) -> Callable[[], None]:
+    """Take an exclusive lock on ``folder`` (which must exist) for this process; returns the function
+    that releases it. ``FolderInUse`` naming the holder's PID when another process has it.
+
+    The lock is the kernel's ``flock`` on the folder itself: no lock file is written, and the
+    kernel releases it when its holder exits, however it exits (``kill -9`` included), so a lock is
+    never stale. Processes on one machine see each other's locks; on platforms without ``fcntl``
+    (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return lambda: None
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _flock_holder(descriptor)
+        os.close(descriptor)
+        who = f"process {holder}" if holder is not None else "another process"
+        raise FolderInUse(f"{folder} is in use by {who} (another search or --resume of the same run): wait for it "
+                          "to finish, or stop it, then run this again") from None
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return lambda: os.close(descriptor)  # closing the descriptor releases the lock
+
+
+def _flock_holder(descriptor: int) -> int | None:
+    """The PID holding a flock on the file open as ``descriptor``, read from /proc/locks (Linux), else None."""
+    info = os.fstat(descriptor)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234 0 EOF" (blocked waiters have "->")
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and "->" not in parts and parts[5] == device:
+            return int(parts[4])
+    return None

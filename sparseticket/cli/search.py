@@ -11,7 +11,9 @@ deleted when it resumes.
 Under ``torchrun`` every rank runs the same search on its shard of each global batch
 (``--batch-size`` is the global batch, split by ``DistributedSampler``), with the model wrapped
 in ``DistributedDataParallel``; rank 0 alone writes the run folder and the log, and every rank
-resumes from the same checkpoint.
+resumes from the same checkpoint. Rank 0 holds an exclusive lock on the run folder while it
+works on it (``files.lock_folder``): a second search or ``--resume`` of the same run exits 2
+naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from torch import nn
 from sparseticket.builtin.datasets import load_dataset
 from sparseticket.builtin.models import build_model
 from sparseticket.cli.files import (
+    PREVIOUS_CHECKPOINT,
+    keep_previous,
     load_checkpoint,
     remove_leftover_temporaries,
     save_checkpoint,
@@ -44,6 +48,7 @@ from sparseticket.driver.jobs import check_job, method_options
 from sparseticket.driver.processes import Processes
 from sparseticket.driver.recipe import Schedule
 from sparseticket.driver.search import TicketSearch
+from sparseticket.files import lock_folder
 from sparseticket.methods import BASELINES, METHODS, Ticket
 
 Log = Callable[[str], None]
@@ -114,18 +119,39 @@ class RunFolder:
     """The ``RunStore`` of a run folder: ``checkpoint.pt``, ``ticket.safetensors`` and ``searched.pt``,
     each written atomically by rank 0."""
 
-    def __init__(self, run_dir: Path, device: torch.device, *, read_only: bool = False) -> None:
-        self.run_dir, self.device, self.read_only = run_dir, device, read_only
+    def __init__(self, run_dir: Path, device: torch.device, *, read_only: bool = False,
+                 log: Log = lambda _message: None) -> None:
+        self.run_dir, self.device, self.read_only, self.log = run_dir, device, read_only, log
         self.checkpoint_path = run_dir / "checkpoint.pt"
+        self.previous_path = run_dir / PREVIOUS_CHECKPOINT
 
     def load_checkpoint(self) -> dict | None:
-        """The latest epoch's checkpoint, or None."""
-        return load_checkpoint(self.checkpoint_path, self.device) if self.checkpoint_path.exists() else None
+        """The latest epoch's checkpoint, or None when there is none (a deleted ``checkpoint.pt``
+        restarts its phase). One that exists but cannot be read (truncated, corrupted) falls back to
+        the one before it, ``checkpoint.previous.pt``, when that one reads; else the ValueError."""
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            return load_checkpoint(self.checkpoint_path, self.device)
+        except ValueError as error:
+            if not self.previous_path.exists():
+                raise
+            try:
+                state = load_checkpoint(self.previous_path, self.device)
+            except ValueError:
+                raise error from None
+            self.log(f"{self.checkpoint_path.name} cannot be read; resuming from {self.previous_path.name}, the "
+                     f"checkpoint before it ({state['phase']} epoch {state['epoch']})")
+            return state
 
     def save_checkpoint(self, state: dict) -> None:
-        """Write ``checkpoint.pt`` (not for a finished run read back)."""
-        if not self.read_only:
-            save_checkpoint(self.checkpoint_path, state)
+        """Write ``checkpoint.pt``, keeping the one it replaces as ``checkpoint.previous.pt`` (a hard
+        link: no copy, and ``checkpoint.pt`` is never missing); not for a finished run read back."""
+        if self.read_only:
+            return
+        if self.checkpoint_path.exists():
+            keep_previous(self.checkpoint_path, self.previous_path)
+        save_checkpoint(self.checkpoint_path, state)
 
     def save_searched(self, ticket: Ticket, searched: dict) -> None:
         """Write ``ticket.safetensors`` and ``searched.pt`` (not for a finished run read back)."""
@@ -189,12 +215,21 @@ class Search:
         data = TrainingData.from_split(split, config.batch_size, config.seed, self.processes)
         check_job(config.method, model, options, schedule, data)
         self._write(lambda: run_dir.mkdir(parents=True, exist_ok=True))
+        release = lock_folder(run_dir) if self.processes.is_main and not finished else (lambda: None)
+        try:
+            return self._run_locked(config, run_dir, model, schedule, options, data, resumed, finished)
+        finally:
+            release()
+
+    def _run_locked(self, config: RunConfig, run_dir: Path, model: nn.Module, schedule: Schedule,
+                    options: dict[str, Any], data: TrainingData, resumed: bool, finished: bool) -> SearchResult:
+        """The rest of ``run``, while this process alone holds the run folder (``files.lock_folder``)."""
         self._write(self._remove_leftovers)
         self._write(lambda: write_text(run_dir / "config.json", config.to_json()))
         if not resumed:  # every rank built the same seeded model; rank 0 keeps it for --resume
             self._write(lambda: save_checkpoint(run_dir / "init.pt", model.state_dict()))
         search = TicketSearch(config.method, model, data, schedule, options=options,
-                              store=RunFolder(run_dir, self.device, read_only=finished),
+                              store=RunFolder(run_dir, self.device, read_only=finished, log=self.log),
                               on_row=lambda row: self._log_row(row, search),
                               log=lambda message: self.log(f"{message} ({run_dir.name})"), progress=self.progress,
                               processes=self.processes)

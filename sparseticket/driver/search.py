@@ -168,6 +168,7 @@ class TicketSearch:
         job = make_job(self.method_name, model, self.options, self.schedule, self.data, **self.job_options)
         job.pristine = pristine
         state = store.load_checkpoint()
+        self._check_same_checkpoint(state)
         rows: list[Row] = list(state["rows"]) if state else []
         search_seconds = 0.0
         if state is None or state["phase"] == "search":
@@ -198,6 +199,25 @@ class TicketSearch:
     def _save_checkpoint(self, state: dict) -> None:
         if self.processes.is_main:
             self.store.save_checkpoint(state)
+
+    def _check_same_checkpoint(self, state: dict | None) -> None:
+        """Under torch.distributed: every rank resumes from the same point (phase and epoch, or none),
+        or all of them raise (a rank that read another file would train another run)."""
+        if not self.processes.distributed:
+            return
+        import torch
+        import torch.distributed as dist
+
+        phase = {None: 0, "search": 1, "finetune": 2}.get(None if state is None else state["phase"], 3)
+        point = torch.tensor([phase, -1 if state is None else state["epoch"]], dtype=torch.int64)
+        device = self.processes.device if self.processes.device.type == "cuda" else torch.device("cpu")
+        low, high = point.to(device), point.to(device).clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f"rank {self.processes.rank}: the ranks resume from different checkpoints (phase, "
+                               f"epoch from {low.tolist()} to {high.tolist()}): every rank must read the same run "
+                               "folder")
 
     @contextlib.contextmanager
     def _restoring(self, phase: str) -> Iterator[None]:

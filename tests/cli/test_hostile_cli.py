@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sparseticket.cli.main import main
+from sparseticket.files import lock_folder
 
 TINY = ["--width", "4", "--finetune-epochs", "1", "--no-progress", "--threads", "1"]
 
@@ -123,3 +125,58 @@ def test_one_epoch_of_earlybird_or_worm_finishes_with_its_plot(method, tmp_path)
     (run,) = [path for path in out.iterdir() if path.is_dir()]
     assert (run / "mask_distance.png").stat().st_size > 0 and (run / "summary.md").exists()
     assert main(["search", "--resume", str(run), "--no-progress"]) == 0  # and --resume reads it back
+
+
+def _run_folder(out: Path) -> Path:
+    (run,) = [path for path in out.iterdir() if path.is_dir()]
+    return run
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_the_folder(tmp_path, capsys):
+    """Two processes on one run folder: the second exits 2 naming the first's PID and touches nothing;
+    once the holder dies (kill -9: no clean-up runs) the kernel has released the lock and --resume works."""
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "sparseticket", "search", "--method", "gemminer", "--epochs", "400", *TINY,
+               "--out", str(out)]
+    holder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    try:
+        for line in holder.stdout:  # the holder has the lock once it trains
+            if line.startswith("search 2/"):
+                break
+        run = _run_folder(out)
+        assert main(["search", "--resume", str(run), "--no-progress"]) == 2
+        line = _error_line(capsys)
+        assert f"{run} is in use by process {holder.pid}" in line
+        assert holder.poll() is None  # the holder goes on
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_folder(run)()  # taken and released at once: nothing of the dead holder's lock is left
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_one_before_it(tmp_path, capsys):
+    """checkpoint.pt truncated on disk: --resume reads checkpoint.previous.pt (the epoch before) and
+    ends with the same ticket and metrics as the uninterrupted run."""
+    out = tmp_path / "runs"
+    assert main(["search", "--method", "imp", "--epochs", "2", "--round-epochs", "1", "--density", "0.5", *TINY,
+                 "--out", str(out)]) == 0
+    run = _run_folder(out)
+    expected = {name: (run / name).read_bytes() for name in ("ticket.safetensors", "metrics.csv")}
+    previous = torch.load(run / "checkpoint.previous.pt", weights_only=True)
+    current = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (previous["phase"], previous["epoch"]) != (current["phase"], current["epoch"])
+    (run / "summary.md").unlink()  # unfinished again
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert main(["search", "--resume", str(run), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "checkpoint.pt cannot be read; resuming from checkpoint.previous.pt" in said
+    assert {name: (run / name).read_bytes() for name in expected} == expected
+    # both unreadable: one line naming checkpoint.pt, nothing guessed
+    (run / "summary.md").unlink()
+    for name in ("checkpoint.pt", "checkpoint.previous.pt"):
+        (run / name).write_bytes(b"PK\x03\x04 half a zip file")
+    assert main(["search", "--resume", str(run), "--no-progress"]) == 2
+    assert "checkpoint.pt cannot be read" in _error_line(capsys)
