@@ -33,9 +33,11 @@ def default_file_mode() -> int:
 
 
 def _kill_point() -> tuple[str, str, int] | None:
-    """The parsed ``SPARSETICKET_TEST_KILL_AT`` (when, file name, n), or None when unset."""
+    """The parsed ``SPARSETICKET_TEST_KILL_AT`` (when, file name, n), or None when unset or when this
+    process is a restart of an elastic run (``TORCHELASTIC_RESTART_COUNT`` > 0: the fault is injected
+    into the first attempt only, so that ``torchrun --max-restarts`` can be tested)."""
     value = os.environ.get(KILL_AT_VARIABLE)
-    if not value:
+    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None
     when, _, rest = value.partition(":")
     name, _, count = rest.rpartition(":")

@@ -3,7 +3,9 @@
 ``torchrun --nproc_per_node N -m sparseticket search ...`` sets ``RANK``, ``LOCAL_RANK`` and
 ``WORLD_SIZE``; ``start`` then initialises the default process group (NCCL for CUDA, gloo for
 the CPU) with a bounded timeout, so that a rank that dies or errors makes the others fail
-within that time instead of hanging.
+within that time instead of hanging. Under ``torchrun --max-restarts N`` a restarted attempt gets
+its own namespace of torchrun's store, and the run folder's checkpoint makes it go on where the
+failed attempt stopped (the command is the same, so the run folder is too).
 """
 
 from __future__ import annotations
@@ -44,9 +46,25 @@ def start(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Processes:
     else:
         placement = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        backend, timeout = "nccl" if device == "cuda" else "gloo", datetime.timedelta(seconds=timeout_s)
+        store = _attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
     return Processes(dist.get_rank(), dist.get_world_size(), placement)
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's agent store, a view of it private to this attempt (``torchrun --max-restarts``
+    restarts every worker on the same store, whose keys from the failed attempt, e.g. gloo's peer
+    addresses, would otherwise be read by the new one: "Connection refused"); None otherwise."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"sparseticket/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def stop(finished: bool) -> bool:

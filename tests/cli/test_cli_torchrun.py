@@ -121,3 +121,65 @@ def test_global_batch_must_split_evenly_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="must be a multiple of the number of processes"):
         Search(RunConfig(batch_size=63), tmp_path / "run", processes=Processes(rank=0, world_size=2)).run()
     assert not (tmp_path / "run").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _same_run(folder: Path, reference: Path) -> None:
+    """Equal metrics and a byte-identical ticket."""
+    assert _metrics(folder) == _metrics(reference)
+    assert (folder / "ticket.safetensors").read_bytes() == (reference / "ticket.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The run folder of an uninterrupted 1-node x 2-process run."""
+    out = tmp_path_factory.mktemp("whole")
+    _run(["search", *RUN_FLAGS, "--out", str(out)])
+    return _only_run_folder(out)
+
+
+def test_a_killed_rank_restarts_under_max_restarts_and_ends_with_the_same_ticket(tmp_path, uninterrupted):
+    """torchrun --max-restarts 1: rank 0 is SIGKILLed right after its 3rd checkpoint (fault injection
+    fires in the first attempt only); torchrun restarts both ranks, which agree on that checkpoint,
+    resume from it and end with the uninterrupted run's ticket, byte for byte."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1",
+               "-m", "sparseticket", "search", *RUN_FLAGS, "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=OUTSIDE_THE_SOURCE_TREE,
+                          env={**_environment(), "SPARSETICKET_TEST_KILL_AT": "after-write:checkpoint.pt:3"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = _only_run_folder(tmp_path)
+    assert f"resuming at search epoch 4 ({folder.name})" in done.stdout, done.stdout[-3000:]
+    _same_run(folder, uninterrupted)
+    assert sorted(path.name for path in folder.iterdir() if path.name.startswith(".")) == []
+
+
+def test_two_nodes_of_one_process_give_the_ticket_of_one_node_of_two(tmp_path, uninterrupted):
+    """Two torchrun launchers (--nnodes 2, c10d rendezvous on localhost), one process each: the same
+    world of 2 ranks, so the same global batches, run folder and ticket as 1 node x 2 processes."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launchers = []
+    for _ in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "two-nodes",
+                   "-m", "sparseticket", "search", *RUN_FLAGS, "--out", str(tmp_path)]
+        launchers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          env=_environment(), cwd=OUTSIDE_THE_SOURCE_TREE))
+    outputs = []
+    try:
+        for launcher in launchers:
+            outputs.append(launcher.communicate(timeout=300)[0])
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                launcher.kill()
+                launcher.wait()
+    assert [launcher.returncode for launcher in launchers] == [0, 0], "".join(outputs)[-4000:]
+    assert sum(output.count("search 1/6") for output in outputs) == 1  # global rank 0 alone logs
+    _same_run(_only_run_folder(tmp_path), uninterrupted)
