@@ -21,6 +21,7 @@
 #include <tuple>
 #include <utility>
 
+#include "aliasing.h"
 #include "common.h"
 #include "ops.h"
 
@@ -406,6 +407,8 @@ void masked_sgd_(at::TensorList params, at::TensorList grads_in, at::TensorList 
   } else {
     check_like_params(buffers, params, "momentum_buffers", true);
   }
+  check_no_aliasing({{"params", params, true}, {"momentum_buffers", buffers, true}, {"grads", grads_in, false},
+                     {"masks", masks_in, false}});
   SgdScalars s;
   s.neg_lr = static_cast<float>(-lr);
   s.weight_decay = static_cast<float>(weight_decay);
@@ -447,6 +450,8 @@ void masked_adam_(at::TensorList params, at::TensorList grads_in, at::TensorList
   std::vector<at::Tensor> masks;
   MaskKind mask_kind;
   std::tie(masks, mask_kind) = check_masks(masks_in, params);
+  check_no_aliasing({{"params", params, true}, {"exp_avgs", exp_avgs, true}, {"exp_avg_sqs", exp_avg_sqs, true},
+                     {"max_exp_avg_sqs", maxima, true}, {"grads", grads_in, false}, {"masks", masks_in, false}});
   // As torch's fused step: the bias corrections and the step size in double, then float.
   const double bias_correction1 = 1 - std::pow(beta1, step);
   const double bias_correction2 = 1 - std::pow(beta2, step);

@@ -1,5 +1,6 @@
 // truncate_grads_: g <- (g + l1*sign(p)) * (keep ? 1 : scale) in fp32, in place, over a list of
 // tensors in one parallel region (the flat concatenation of the list is split evenly).
+#include "aliasing.h"
 #include "common.h"
 #include "ops.h"
 
@@ -116,6 +117,7 @@ void truncate_grads_(at::TensorList grads, at::TensorList keep_in, at::TensorLis
     }
   }
   TORCH_CHECK_VALUE(device.is_cpu(), "grads must be CPU tensors for the C++ kernels, got ", device);
+  check_no_aliasing({{"grads", grads, true}, {"keep", keep_in, false}, {"params", params_in, false}});
   truncate_grads_unchecked(grads, keep, params, scale, l1);
 }
 

@@ -81,6 +81,8 @@ def truncate_grads_(grads: object, keep: object, params: object, scale: object, 
     grads = _as_list(grads_name, grads)
     keep = _as_list(keep_name, keep)
     params = _as_list(params_name, params) if params is not None else []
+    if names == TRUNCATE_NAMES:  # the op writes grads; a TruncationPlan checks parameters whose .grad it writes later
+        check_no_aliasing({grads_name: grads}, {keep_name: keep, params_name: params})
     count = len(grads)
     if len(keep) != count:
         raise ValueError(f"{keep_name} must have one mask per gradient: got {len(keep)} masks for "
@@ -153,6 +155,10 @@ def mask_distances(importance: object, threshold: object, history: object, stati
     if threshold.numel() != 1:
         raise ValueError(f"threshold must be a number or a one-element tensor, got shape {tuple(threshold.shape)}")
     check_tensor("history", history, (torch.uint8,), device)
+    if static_runs is not None:
+        check_tensor("static_runs", static_runs, (torch.int32,), device)
+        check_no_aliasing({"static_runs": static_runs},
+                          {"importance": importance, "threshold": threshold, "history": history})
     if history.dim() != 2 or history.shape[1] != packed_size(count):
         raise ValueError(f"history must have shape [K, ceil(N/8) = {packed_size(count)}] for "
                          f"N = {count} importance values, got {tuple(history.shape)}")
@@ -236,18 +242,43 @@ def _memory(tensor: torch.Tensor) -> tuple[int, int, int] | None:
     return (tensor.untyped_storage()._cdata, *_byte_span(tensor))
 
 
-def check_no_aliasing(outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+def check_no_aliasing(outputs: dict[str, object], inputs: dict[str, object]) -> None:
     """ValueError naming the arguments when an in-place output shares memory with another output
-    or with an input (a kernel would read values it already overwrote)."""
-    spans = {name: _memory(tensor) for name, tensor in (*outputs.items(), *inputs.items())}
-    checked: list[str] = []
-    for name in outputs:
-        for other in (*checked, *inputs):
-            mine, theirs = spans[name], spans[other]
-            if mine and theirs and mine[0] == theirs[0] and mine[1] < theirs[2] and theirs[1] < mine[2]:
-                raise ValueError(f"{name} must not share memory with {other} ({name} is written in place): "
-                                 "pass separate tensors")
-        checked.append(name)
+    or with an input (a kernel would read values it already overwrote). A value is a tensor or a
+    list of tensors (named ``name[i]``); None and empty tensors are skipped. Of two outputs, the one
+    given later is named first. The byte spans are sorted and swept once, so lists of hundreds of
+    tensors cost O(n log n)."""
+    spans = []  # (storage, first byte, end byte, written, argument order, name)
+    for written, group in ((True, outputs), (False, inputs)):
+        for name, value in group.items():
+            tensors = [value] if isinstance(value, torch.Tensor) else list(value or ())
+            for index, tensor in enumerate(tensors):
+                memory = _memory(tensor) if isinstance(tensor, torch.Tensor) else None
+                if memory is not None:
+                    label = name if isinstance(value, torch.Tensor) else f"{name}[{index}]"
+                    spans.append((*memory, written, len(spans), label))
+    spans.sort(key=lambda span: span[:3])
+    storage, furthest, furthest_written = None, None, None  # the span reaching furthest so far on this storage
+    for span in spans:
+        if span[0] != storage:
+            storage, furthest, furthest_written = span[0], span, span if span[3] else None
+            continue
+        if furthest_written is not None and span[1] < furthest_written[2]:
+            _aliased(furthest_written, span)
+        if span[3] and span[1] < furthest[2]:
+            _aliased(span, furthest)
+        if span[2] > furthest[2]:
+            furthest = span
+        if span[3] and (furthest_written is None or span[2] > furthest_written[2]):
+            furthest_written = span
+
+
+def _aliased(written: tuple, other: tuple) -> None:
+    """Raise for two overlapping spans, ``written`` an output (of two outputs: the one given later first)."""
+    if other[3] and other[4] > written[4]:
+        written, other = other, written
+    raise ValueError(f"{written[5]} must not share memory with {other[5]} ({written[5]} is written in place): "
+                     "pass separate tensors")
 
 
 def gemminer_step_(scores: object, grads: object, momentum_buffer: object, flags: object, lr: object,
@@ -421,8 +452,10 @@ def masked_sgd_(params: object, grads: object, momentum_buffers: object, masks: 
         raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}")
     if nesterov and (scalars["momentum"] <= 0 or scalars["dampening"] != 0):
         raise ValueError("nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)")
+    given = {"grads": _as_list("grads", grads), "masks": _as_list("masks", masks)}
     params, grads, masks, dtype, device = _optimizer_lists(params, grads, masks)
     buffers = _as_list("momentum_buffers", momentum_buffers)
+    check_no_aliasing({"params": params, "momentum_buffers": buffers}, given)
     if scalars["momentum"] == 0:
         if buffers:
             raise ValueError("momentum_buffers must be empty when momentum is 0")
@@ -448,7 +481,11 @@ def masked_adam_(params: object, grads: object, exp_avgs: object, exp_avg_sqs: o
         raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
     if scalars["step"] < 1:
         raise ValueError(f"step must be >= 1 (the step count after this step), got {step}")
+    given = {"grads": _as_list("grads", grads), "masks": _as_list("masks", masks)}
     params, grads, masks, dtype, device = _optimizer_lists(params, grads, masks)
+    check_no_aliasing({"params": params, "exp_avgs": _as_list("exp_avgs", exp_avgs),
+                       "exp_avg_sqs": _as_list("exp_avg_sqs", exp_avg_sqs),
+                       "max_exp_avg_sqs": _as_list("max_exp_avg_sqs", max_exp_avg_sqs)}, given)
     moments = []
     for name, tensors in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         moments.append(_same_as_params(name, _as_list(name, tensors), params, dtype, device, writable=True)
