@@ -180,3 +180,11 @@ def test_an_unreadable_checkpoint_falls_back_to_the_one_before_it(tmp_path, caps
         (run / name).write_bytes(b"PK\x03\x04 half a zip file")
     assert main(["search", "--resume", str(run), "--no-progress"]) == 2
     assert "checkpoint.pt cannot be read" in _error_line(capsys)
+
+
+def test_a_broken_config_is_one_line_naming_the_file(finished_run, tmp_path, capsys):
+    run = tmp_path / "broken"
+    shutil.copytree(finished_run, run)
+    (run / "config.json").write_text('{"method": "earlybird", "lr": ')
+    assert main(["search", "--resume", str(run), "--no-progress"]) == 2
+    assert f"{run / 'config.json'}: config is not valid JSON" in _error_line(capsys)
