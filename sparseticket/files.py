@@ -74,6 +74,11 @@ def _fsync(path: str | Path) -> None:
         os.close(handle)
 
 
+def _rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put ``source`` in ``target``'s place in one step (the package's one rename of a file)."""
+    os.replace(source, target)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(temporary_path)``, flush it to disk, then rename the temporary file onto ``path``.
 
@@ -93,7 +98,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         _maybe_kill("mid-write", path, temporary)
         os.chmod(temporary, default_file_mode())
         _fsync(temporary)
-        os.replace(temporary, path)
+        _rename(temporary, path)
     except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -130,6 +135,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically write ``text`` (UTF-8) to ``path``."""
     return atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+
+
+def keep_previous(path: str | os.PathLike, previous: str | os.PathLike) -> None:
+    """Make ``previous`` another name of ``path``'s current file (a hard link, swapped in atomically)
+    before ``path`` is replaced: the file it held stays readable there. Best effort: where the file
+    system has no hard links, nothing is kept."""
+    previous = Path(previous)
+    temporary = previous.with_name(f".{previous.name}.prevlink.tmp")  # a leftover if killed: removed on resume
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(path, temporary)
+        _rename(temporary, previous)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 def remove_leftover_temporaries(folder: str | os.PathLike) -> list[str]:

@@ -4,12 +4,11 @@ flushed to disk through ``sparseticket.files.atomic_write``."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import torch
 
-from sparseticket.files import atomic_write, atomic_write_text, remove_leftover_temporaries
+from sparseticket.files import atomic_write, atomic_write_text, keep_previous, remove_leftover_temporaries
 from sparseticket.methods.ticket import Ticket
 
 __all__ = ["PREVIOUS_CHECKPOINT", "keep_previous", "load_checkpoint", "remove_leftover_temporaries",
@@ -17,17 +16,6 @@ __all__ = ["PREVIOUS_CHECKPOINT", "keep_previous", "load_checkpoint", "remove_le
 
 PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # the checkpoint before checkpoint.pt, read when that one is not
 
-
-def keep_previous(path: Path, previous: Path) -> None:
-    """Make ``previous`` another name of ``path``'s current file (a hard link, swapped in atomically),
-    before ``path`` is replaced. Best effort: where the file system has no hard links, nothing is kept."""
-    temporary = previous.with_name(f".{previous.name}.prevlink.tmp")  # a leftover if killed: removed on resume
-    try:
-        temporary.unlink(missing_ok=True)
-        os.link(path, temporary)
-        os.replace(temporary, previous)
-    except OSError:
-        temporary.unlink(missing_ok=True)
 
 def write_text(path: Path, text: str) -> None:
     """Atomically write a text file."""

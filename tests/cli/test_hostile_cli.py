@@ -96,7 +96,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)  # the installed package
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sparseticket: error: cannot write "), done.stderr
@@ -138,7 +138,7 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_frees_
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "sparseticket", "search", "--method", "gemminer", "--epochs", "400", *TINY,
                "--out", str(out)]
-    holder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    holder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
                               env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     try:
         for line in holder.stdout:  # the holder has the lock once it trains

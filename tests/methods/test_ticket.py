@@ -147,25 +147,23 @@ def test_an_earlybird_ticket_density_is_its_kept_channels():
 def test_equal_tickets_are_equal_bytes_across_processes(tmp_path):
     """Two processes saving the same ticket write the same bytes (safetensors writes several metadata
     entries in its hash map's per-process order: the ticket keeps one entry with sorted keys)."""
+    import inspect
     import subprocess
     import sys
 
-    script = ("import sys, torch\n"
-              "from tests.methods.test_ticket import _ticket\n"
+    script = ("from __future__ import annotations\n"
+              "import sys, torch\n"
+              "from torch import nn\n"
               "from sparseticket.builtin.models import vgg_small\n"
+              "from sparseticket.methods import Ticket\n"
+              + inspect.getsource(_ticket) +
               "torch.manual_seed(0)\n"
               "_ticket(vgg_small(width=4)).save(sys.argv[1])\n")
     paths = [tmp_path / f"ticket{index}.safetensors" for index in range(4)]
-    for path in paths:
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=str(_repository()))
+    for path in paths:  # from tmp_path: the installed package, not the source tree
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=tmp_path)
     contents = {path.read_bytes() for path in paths}
     assert len(contents) == 1
-
-
-def _repository():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[2]
 
 
 def _rewrite(path, tensors=None, metadata=None):
