@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 from sparseticket.builtin.data import Split
@@ -205,9 +207,6 @@ class TicketSearch:
         or all of them raise (a rank that read another file would train another run)."""
         if not self.processes.distributed:
             return
-        import torch
-        import torch.distributed as dist
-
         phase = {None: 0, "search": 1, "finetune": 2}.get(None if state is None else state["phase"], 3)
         point = torch.tensor([phase, -1 if state is None else state["epoch"]], dtype=torch.int64)
         device = self.processes.device if self.processes.device.type == "cuda" else torch.device("cpu")

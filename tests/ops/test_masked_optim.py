@@ -134,18 +134,27 @@ def test_cpp_adam_on_odd_sizes_is_torch_fused_within_rounding(generator, cls, op
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
-def test_cpp_result_does_not_depend_on_the_thread_count(generator):
+@pytest.mark.parametrize("mask_kind", ["dense", "packed"])
+def test_cpp_result_does_not_depend_on_the_thread_count(mask_kind, generator):
+    """One or two threads: the same bits. Packed, two threads split the list inside a 32-entry word,
+    where the entries around the split read their bit one at a time (and packed equals bool)."""
     params, grads = _tensors([(300_007,), (70_001,)], generator, steps=3)
+    masks = _packed(_masks_for(params, generator), params) if mask_kind == "packed" else ()
     threads = torch.get_num_threads()
     results = []
     with cpu_backend("cpp"):
         for count in (1, 2):
             torch.set_num_threads(count)
             try:
-                results.append(_adam_run(params, grads, ADAM_OPTIONS[1], True)[0]
-                               + _sgd_run(params, grads, SGD_OPTIONS[3])[0])
+                results.append(_adam_run(params, grads, ADAM_OPTIONS[1], True, masks)[0]
+                               + _sgd_run(params, grads, SGD_OPTIONS[3], masks)[0])
             finally:
                 torch.set_num_threads(threads)
+        if mask_kind == "packed":
+            bools = _sgd_run(params, grads, SGD_OPTIONS[3], _masks_for(params, generator.manual_seed(0)))[0]
+            bits = _sgd_run(params, grads, SGD_OPTIONS[3],
+                            _packed(_masks_for(params, generator.manual_seed(0)), params))[0]
+            _assert_equal(bits, bools)
     _assert_equal(results[0], results[1])
 
 
@@ -426,27 +435,6 @@ def test_packed_padding_bits_are_ignored(generator, backend_name):
         clean = _sgd_run(params, grads, SGD_OPTIONS[2], packed)
         dirty = _sgd_run(params, grads, SGD_OPTIONS[2], padded)
     _assert_equal(dirty[0] + dirty[1], clean[0] + clean[1])
-
-
-def test_cpp_packed_result_does_not_depend_on_the_thread_count(generator):
-    """Two threads split the list inside a 32-entry word: the entries around the split read their bit
-    one at a time."""
-    params, grads = _tensors([(300_007,), (70_001,)], generator, steps=3)
-    masks = _packed(_masks_for(params, generator), params)
-    threads = torch.get_num_threads()
-    results = []
-    with cpu_backend("cpp"):
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            try:
-                results.append(_adam_run(params, grads, ADAM_OPTIONS[1], True, masks)[0]
-                               + _sgd_run(params, grads, SGD_OPTIONS[3], masks)[0])
-            finally:
-                torch.set_num_threads(threads)
-        bools = _sgd_run(params, grads, SGD_OPTIONS[3], _masks_for(params, generator.manual_seed(0)))[0]
-        bits = _sgd_run(params, grads, SGD_OPTIONS[3], _packed(_masks_for(params, generator.manual_seed(0)), params))[0]
-    _assert_equal(results[0], results[1])
-    _assert_equal(bits, bools)
 
 
 def test_pack_optimizer_mask_checks_its_arguments():
