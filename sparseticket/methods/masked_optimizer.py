@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,26 +79,38 @@ def _check_supported(optimizer: object) -> None:
 
 class MaskedStep:
     """The ``step`` of a masked optimizer (mixed in before the torch optimizer class); the masks
-    are the instance's ``_masks`` (parameter -> bool mask), packed into ``_packed_masks``."""
+    are the instance's ``_masks`` (``id(parameter)`` -> (parameter, bool mask)), packed into
+    ``_packed_masks``. Each group is one launch: a parameter without a mask steps with an all-ones
+    mask (1/8 byte per weight), so masked and dense parameters go together.
 
-    _masks: dict[torch.Tensor, torch.Tensor]
-    # parameter -> (what the packed mask was made from: the bool mask, its version, the parameter's shape and
-    # strides; the packed mask)
-    _packed_masks: dict[torch.Tensor, tuple[tuple, torch.Tensor]]
+    The per-step Python work is what torch's own step does per parameter (one state lookup): the
+    caches are keyed by ``id`` (the entries hold the parameter, so the id stays its own), because
+    ``Tensor.__hash__`` is a Python function and the step would otherwise call it a few times per
+    parameter."""
 
-    def _packed(self, param: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``mask`` packed in ``param``'s memory order: the cached one unless the mask was edited (its
-        version changed) or the parameter's layout changed (e.g. ``model.to(memory_format=...)``)."""
+    _masks: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    # id(parameter) -> (parameter, its bool mask or None, the mask's version, the parameter's shape and strides,
+    # the packed mask)
+    _packed_masks: dict[int, tuple[torch.Tensor, torch.Tensor | None, int | None, torch.Size, tuple, torch.Tensor]]
+
+    def _packed(self, param: torch.Tensor) -> torch.Tensor:
+        """``param``'s mask packed in its memory order (all ones without a mask): the cached one unless
+        the mask was edited (its version changed) or the parameter's layout changed (e.g.
+        ``model.to(memory_format=...)``)."""
+        key = id(param)
+        entry = self._masks.get(key)
+        mask = None if entry is None else entry[1]
         try:
-            version = mask._version
+            version = None if mask is None else mask._version
         except RuntimeError:  # an inference-mode tensor has no version counter: packed at every step
-            version = None
-        source = (mask, version, param.shape, param.stride())
-        cached = self._packed_masks.get(param)
-        if cached is not None and version is not None and cached[0][0] is mask and cached[0][1:] == source[1:]:
-            return cached[1]
-        packed = pack_optimizer_mask(mask, param)
-        self._packed_masks[param] = (source, packed)
+            version = -1
+        cached = self._packed_masks.get(key)
+        if (cached is not None and cached[1] is mask and cached[2] == version and version != -1
+                and cached[3] == param.shape and cached[4] == param.stride()):
+            return cached[5]
+        whole = mask if mask is not None else torch.ones_like(param, dtype=torch.bool)
+        packed = pack_optimizer_mask(whole, param)
+        self._packed_masks[key] = (param, mask, version, param.shape, param.stride(), packed)
         return packed
 
     def _masked_step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -122,65 +134,54 @@ class MaskedStep:
 
     step = Optimizer.profile_hook_step(_masked_step)
 
-    def _split(self, params: Iterable[torch.Tensor]) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-        """(params, packed masks) of the masked parameters and (params, []) of the others."""
-        masked, dense, masks = [], [], []
-        for param in params:
-            mask = self._masks.get(param)
-            if mask is None:
-                dense.append(param)
-            else:
-                masked.append(param)
-                masks.append(self._packed(param, mask))
-        return [(chosen, chosen_masks) for chosen, chosen_masks in ((masked, masks), (dense, [])) if chosen]
-
     def _sgd_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         momentum = group["momentum"]
         scalars = {"lr": _float_of(group["lr"]), "weight_decay": group["weight_decay"], "momentum": momentum,
                    "dampening": group["dampening"], "nesterov": group["nesterov"], "maximize": group["maximize"]}
-        for chosen, masks in self._split(params):
-            if momentum == 0:
-                masked_sgd_(chosen, [param.grad for param in chosen], [], masks, **scalars)
+        masks = [self._packed(param) for param in params]
+        if momentum == 0:
+            masked_sgd_(params, [param.grad for param in params], [], masks, **scalars)
+            return
+        states = [self.state[param] for param in params]
+        buffers = [state.get("momentum_buffer") for state in states]
+        for first_step in (False, True):
+            indices = [index for index, buffer in enumerate(buffers) if (buffer is None) == first_step]
+            if not indices:
                 continue
-            for first_step in (False, True):
-                indices = [index for index, param in enumerate(chosen)
-                           if ("momentum_buffer" not in self.state[param]
-                               or self.state[param]["momentum_buffer"] is None) == first_step]
-                if not indices:
-                    continue
-                subset = [chosen[index] for index in indices]
-                if first_step:
-                    for param in subset:
-                        self.state[param]["momentum_buffer"] = torch.empty_like(param)  # its memory format
-                masked_sgd_(subset, [param.grad for param in subset],
-                            [self.state[param]["momentum_buffer"] for param in subset],
-                            [masks[index] for index in indices] if masks else [], first_step=first_step, **scalars)
+            if first_step:
+                for index in indices:  # torch's first step: the buffer is the gradient (its memory format)
+                    buffers[index] = states[index]["momentum_buffer"] = torch.empty_like(params[index])
+            subset = [params[index] for index in indices] if len(indices) < len(params) else params
+            masked_sgd_(subset, [param.grad for param in subset],
+                        [buffers[index] for index in indices], [masks[index] for index in indices],
+                        first_step=first_step, **scalars)
 
     def _adam_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         amsgrad = group["amsgrad"]
-        for param in params:
-            state = self.state[param]
+        states = [self.state[param] for param in params]
+        for param, state in zip(params, states):
             if len(state) == 0:
                 state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 if amsgrad:
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        steps = [self.state[param]["step"] for param in params]
+        steps = [state["step"] for state in states]
         torch._foreach_add_(steps, 1)
         counts = torch.stack(steps).tolist()  # one op and one read for the whole group, not one per parameter
         beta1, beta2 = (_float_of(beta) for beta in group["betas"])
         decoupled = isinstance(self, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay", False))
         scalars = {"lr": _float_of(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
                    "weight_decay": group["weight_decay"], "decoupled": decoupled, "maximize": group["maximize"]}
+        masks = [self._packed(param) for param in params]
         for count in sorted(set(counts)):  # parameters skipped at some step have their own count
-            same = [param for param, value in zip(params, counts) if value == count]
-            for chosen, masks in self._split(same):
-                state = [self.state[param] for param in chosen]
-                masked_adam_(chosen, [param.grad for param in chosen], [entry["exp_avg"] for entry in state],
-                             [entry["exp_avg_sq"] for entry in state],
-                             [entry["max_exp_avg_sq"] for entry in state] if amsgrad else [], masks,
-                             step=count, **scalars)
+            indices = [index for index, value in enumerate(counts) if value == count]
+            chosen = [states[index] for index in indices]
+            subset = [params[index] for index in indices]
+            masked_adam_(subset, [param.grad for param in subset], [state["exp_avg"] for state in chosen],
+                         [state["exp_avg_sq"] for state in chosen],
+                         [state["max_exp_avg_sq"] for state in chosen] if amsgrad else [],
+                         [masks[index] for index in indices], step=count, **scalars)
 
 
 class MaskedSGD(MaskedStep, torch.optim.SGD):
@@ -239,7 +240,7 @@ def masked_optimizer(optimizer: Optimizer, masks: dict[torch.Tensor, torch.Tenso
         if mask.device != param.device:
             raise ValueError(f"masks: a mask is on {mask.device}, its parameter on {param.device}")
     optimizer.__class__ = _MASKED[base]
-    optimizer._masks = dict(masks)
+    optimizer._masks = {id(param): (param, mask) for param, mask in masks.items()}
     optimizer._packed_masks = {}
     _retarget_scheduler_hook(optimizer)
     return optimizer

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from sparseticket._kernels.cpp import cpp_kernels
+from sparseticket.ops._backend import cpp_runs_cpu_ops
 from sparseticket.ops._library import define_op, register_fake
 from sparseticket.ops._validate import FLOAT_DTYPES, check_tensor, in_order_of, memory_order
 from sparseticket.ops.masks import pack_mask
@@ -57,6 +59,15 @@ def pack_optimizer_mask(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor
     return pack_mask(ordered.as_strided((ordered.numel(),), (1,)))
 
 
+def _straight_to_cpp(params: list) -> bool:
+    """Whether an eager call on plain CPU tensors goes straight to the C++ op, which checks the
+    contract itself: the dispatch through ``torch.ops.sparseticket`` (a Python kernel that picks
+    the backend) costs about as much as the C++ op's own per-call work at small sizes, on a step
+    every training iteration pays. Tensor subclasses (fake, DTensor) and tracing take the op."""
+    return (bool(params) and type(params[0]) in (torch.Tensor, torch.nn.Parameter)
+            and params[0].device.type == "cpu" and not torch.compiler.is_compiling() and cpp_runs_cpu_ops())
+
+
 def masked_sgd_(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -82,8 +93,10 @@ def masked_sgd_(
     ``pack_optimizer_mask``), which the kernels read at 1/8 byte per weight instead of 1. The
     hyper-parameters are ``torch.optim.SGD``'s.
     """
-    _sgd_op(list(params), list(grads), list(momentum_buffers), list(masks), lr, weight_decay, momentum,
-            dampening, nesterov, maximize, first_step)
+    params = list(params)
+    op = cpp_kernels().masked_sgd_ if _straight_to_cpp(params) else _sgd_op
+    op(params, list(grads), list(momentum_buffers), list(masks), lr, weight_decay, momentum, dampening, nesterov,
+       maximize, first_step)
 
 
 def masked_adam_(
@@ -111,5 +124,7 @@ def masked_adam_(
     its own counters). ``max_exp_avg_sqs``: AMSGrad's running maxima, one per parameter, or empty
     (no AMSGrad). ``masks`` as in ``masked_sgd_``. The hyper-parameters are torch's.
     """
-    _adam_op(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), list(max_exp_avg_sqs), list(masks),
-             lr, beta1, beta2, eps, weight_decay, step, decoupled, maximize)
+    params = list(params)
+    op = cpp_kernels().masked_adam_ if _straight_to_cpp(params) else _adam_op
+    op(params, list(grads), list(exp_avgs), list(exp_avg_sqs), list(max_exp_avg_sqs), list(masks), lr, beta1, beta2,
+       eps, weight_decay, step, decoupled, maximize)

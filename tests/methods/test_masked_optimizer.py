@@ -254,15 +254,16 @@ def test_the_step_reads_packed_masks_made_once_and_again_after_each_edit(monkeyp
     optimizer = imp.optimizer(sgd(model.parameters()))
     data = batches(5, 3)
     train(model, optimizer, data[:2])
-    assert len(packs) == len(imp.weights)  # once per mask, at the first step
-    packed = optimizer._packed_masks[imp.weights[0]][1]
+    everything = list(model.parameters())  # the biases step with an all-ones mask, packed once too
+    assert len(packs) == len(everything) and {id(param) for param in packs} == {id(param) for param in everything}
+    packed = optimizer._packed_masks[id(imp.weights[0])][-1]
     assert packed.dtype == torch.uint8 and packed.numel() == (imp.weights[0].numel() + 7) // 8
     assert torch.equal(packed, module.pack_optimizer_mask(imp.masks[0], imp.weights[0]))
     packs.clear()
     imp.prune_round()  # edits every mask in place
     train(model, optimizer, data[2:])
-    assert len(packs) == len(imp.weights)
-    assert torch.equal(optimizer._packed_masks[imp.weights[0]][1], real_pack(imp.masks[0], imp.weights[0]))
+    assert len(packs) == len(imp.weights) and {id(param) for param in packs} == {id(weight) for weight in imp.weights}
+    assert torch.equal(optimizer._packed_masks[id(imp.weights[0])][-1], real_pack(imp.masks[0], imp.weights[0]))
     for weight, mask in zip(imp.weights, imp.masks):
         assert not weight.detach()[~mask].any() and weight.detach()[mask].any()
     packs.clear()
