@@ -105,11 +105,14 @@ def _step_tables(steps: dict[str, dict[str, dict]]) -> list[str]:
              "the median overhead (IMP's fused swap runs more rounds so that it is about as narrow as its "
              "target). Optimizer step: the method's optimizer step over the dense one's, both timed inside "
              "their whole steps (IMP: the fused masked SGD step against torch's `SGD(fused=True)`). "
+             "Differing parts: per round, (the method's optimizer step + its hooks - the dense optimizer step) "
+             "over that round's dense step, median and 95% interval: the overhead of the only code that differs "
+             "(the forward and backward run the same code), without their step-to-step noise. "
              "Gem-Miner's mining step replaces the optimizer step with its fused score step and has no separate "
              "hook.", "",
              "| model | method | rounds | dense step | method step | overhead [q1, q3] | 95% interval | "
-             "hooks alone / dense | optimizer step / dense's | target |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "hooks alone / dense | optimizer step / dense's | differing parts / dense [95%] | target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {name: index for index, name in enumerate(STEP_ORDER)}
     rows = [bench["extra_info"] for ways in steps.values() for bench in ways.values()]
     rows.sort(key=lambda info: (order.get(info["model"], len(order)), list(STEP_TARGETS).index(info["method"])))
@@ -119,10 +122,12 @@ def _step_tables(steps: dict[str, dict[str, dict]]) -> list[str]:
         interval = "—" if interval is None else f"[{interval[0]:+.1%}, {interval[1]:+.1%}]"
         step_ratio = info.get("optimizer_step_ratio")
         step_ratio = "—" if step_ratio is None else f"{step_ratio:.2f}x"
+        parts, parts_ci = info.get("parts_overhead"), info.get("parts_overhead_ci")
+        parts = "—" if parts is None else f"{parts:+.2%} [{parts_ci[0]:+.2%}, {parts_ci[1]:+.2%}]"
         lines.append(f"| {info['model']} | {info['method']} | {info['rounds']} | {info['dense_median'] * 1e3:.2f} ms | "
                      f"{info['method_median'] * 1e3:.2f} ms | {info['overhead']:+.1%} "
                      f"[{info['overhead_q1']:+.1%}, {info['overhead_q3']:+.1%}] | {interval} | {hooks} | "
-                     f"{step_ratio} | {STEP_TARGETS[info['method']]} |")
+                     f"{step_ratio} | {parts} | {STEP_TARGETS[info['method']]} |")
     return lines + [""]
 
 

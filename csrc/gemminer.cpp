@@ -3,9 +3,15 @@
 // updated scores) in fp32.
 #include <ATen/MemoryOverlap.h>
 
+// No floating-point contraction: each product and sum is rounded as written, so the step that forms the
+// scores' gradient itself (gemminer_step_from_masked_grads_) rounds g * w to fp32 before adding, exactly
+// as the backward pass that stores it did, and both steps equal the reference bit for bit.
+#pragma GCC optimize("fp-contract=off")
+
 #include <bit>
 #include <type_traits>
 
+#include "aliasing.h"
 #include "common.h"
 #include "ops.h"
 
@@ -53,15 +59,19 @@ C10_ALWAYS_INLINE W kept_or_zero(bool keep, W value) {
 
 // Updates [begin, end) and returns how many of them end with score > 0.5 and flag. With kMasked, also
 // masked[i] = weights[i] where the stored score > 0.5 and flag, else 0 (gemminer_mask of the new scores).
-template <typename T, typename W, bool kMasked>
-int64_t step_range(T* __restrict scores, const T* __restrict grads, T* __restrict velocity,
+// With kOfMasked, grads[i] is the gradient of the masked weight and the scores' is grads[i] * weights[i]
+// (gemminer_mask_backward's product, in fp32; entries without flag are not updated, so their 0 is moot).
+template <typename T, typename W, bool kMasked, bool kOfMasked = false, typename G = T>
+int64_t step_range(T* __restrict scores, const G* __restrict grads, T* __restrict velocity,
                    const uint8_t* __restrict flags, const W* __restrict weights, W* __restrict masked,
                    int64_t begin, int64_t end, float lr, float momentum, float decay) {
   int64_t kept = 0;
   for (int64_t i = begin; i < end; ++i) {
     const T p_old = scores[i], v_old = velocity[i];
     const float p = static_cast<float>(p_old), v = static_cast<float>(v_old);
-    const float v_new = momentum * v + (static_cast<float>(grads[i]) + decay * p);
+    float g = static_cast<float>(grads[i]);
+    if constexpr (kOfMasked) g *= static_cast<float>(weights[i]);
+    const float v_new = momentum * v + (g + decay * p);
     const float p_new = std::min(std::max(p - lr * v_new, 0.f), 1.f);  // keeps NaN, as torch.clamp
     const bool on = flags[i] != 0;
     const T stored = on ? static_cast<T>(p_new) : p_old;
@@ -240,6 +250,80 @@ at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, con
           0, scores.numel(), kGrain, int64_t{0},
           [&](int64_t begin, int64_t end, int64_t) {
             return step_range<T, W, true>(p, g, v, f, w, m, begin, end, flr, fmomentum, decay);
+          },
+          std::plus<int64_t>());
+    });
+  });
+  return at::scalar_tensor(kept, scores.options().dtype(at::kLong));
+}
+
+at::Tensor gemminer_step_from_masked_grads_(const at::Tensor& scores, at::TensorList masked_grads,
+                                            const at::Tensor& momentum_buffer, const at::Tensor& flags, double lr,
+                                            double momentum, double l2, const at::Tensor& weights,
+                                            const std::optional<at::Tensor>& masked_out) {
+  const at::Device cpu(at::kCPU);
+  check_float_on(cpu, scores, "scores");
+  check_float_on(cpu, weights, "weights");
+  TORCH_CHECK_TYPE(momentum_buffer.scalar_type() == scores.scalar_type() && momentum_buffer.device() == cpu,
+                   "momentum_buffer must be ", describe(scores), ", got ", describe(momentum_buffer));
+  TORCH_CHECK_TYPE(flags.scalar_type() == at::kBool && flags.device() == cpu, "flags must be bool on cpu, got ",
+                   describe(flags));
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&scores, "scores"},
+                                     {&momentum_buffer, "momentum_buffer"}, {&flags, "flags"},
+                                     {&weights, "weights"}}) {
+    TORCH_CHECK_VALUE(tensor->dim() == 1 && tensor->is_contiguous() && tensor->numel() == scores.numel(), name,
+                      " must be 1-D and contiguous with the ", scores.numel(), " entries of scores, got shape ",
+                      shape_string(tensor->sizes()));
+  }
+  if (masked_out.has_value()) {
+    TORCH_CHECK_TYPE(masked_out->scalar_type() == weights.scalar_type() && masked_out->device() == cpu,
+                     "masked_out must be ", describe(weights), ", got ", describe(*masked_out));
+    TORCH_CHECK_VALUE(masked_out->dim() == 1 && masked_out->is_contiguous() && masked_out->numel() == scores.numel(),
+                      "masked_out must be 1-D and contiguous with the ", scores.numel(), " entries of scores, got shape ",
+                      shape_string(masked_out->sizes()));
+  }
+  int64_t total = 0;
+  for (size_t i = 0; i < masked_grads.size(); ++i) {
+    const at::Tensor& grad = masked_grads[i];
+    TORCH_CHECK_TYPE(grad.scalar_type() == weights.scalar_type() && grad.device() == cpu, "masked_grads[", i,
+                     "] must be ", describe(weights), ", got ", describe(grad));
+    TORCH_CHECK_VALUE(flat_dense(grad), "masked_grads[", i, "] must be contiguous or channels_last (read in its "
+                      "memory order)");
+    total += grad.numel();
+  }
+  TORCH_CHECK_VALUE(total == scores.numel(), "masked_grads must hold one gradient per entry of scores: ", total,
+                    " entries for ", scores.numel(), " scores");
+  const at::TensorList masked_list = masked_out.has_value() ? at::TensorList(*masked_out) : at::TensorList();
+  check_no_aliasing({{"scores", at::TensorList(scores), true}, {"momentum_buffer", at::TensorList(momentum_buffer), true},
+                     {"masked_out", masked_list, true}, {"masked_grads", masked_grads, false},
+                     {"flags", at::TensorList(flags), false}, {"weights", at::TensorList(weights), false}});
+  const auto offsets = flat_offsets(masked_grads);
+  const float flr = static_cast<float>(lr), fmomentum = static_cast<float>(momentum);
+  const float decay = static_cast<float>(2.0 * l2);
+  const uint8_t* f = bool_data(flags);
+  int64_t kept = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "gemminer_step_from_masked_grads_", [&] {
+    using T = scalar_t;
+    T* p = scores.data_ptr<T>();
+    T* v = momentum_buffer.data_ptr<T>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weights.scalar_type(), "gemminer_step_from_masked_grads_", [&] {
+      using W = scalar_t;
+      const W* w = weights.data_ptr<W>();
+      W* m = masked_out.has_value() ? masked_out->data_ptr<W>() : nullptr;
+      const auto g = data_pointers<const W>(masked_grads);
+      kept = at::parallel_reduce(
+          0, total, kGrain, int64_t{0},
+          [&](int64_t begin, int64_t end, int64_t) {
+            int64_t count = 0;
+            for_each_piece(offsets, begin, end, [&](int64_t t, int64_t lo, int64_t hi) {
+              const int64_t base = offsets[t];
+              count += m != nullptr
+                           ? step_range<T, W, true, true, W>(p + base, g[t], v + base, f + base, w + base, m + base, lo, hi, flr,
+                                                            fmomentum, decay)
+                           : step_range<T, W, false, true, W>(p + base, g[t], v + base, f + base, w + base, nullptr, lo, hi,
+                                                             flr, fmomentum, decay);
+            });
+            return count;
           },
           std::plus<int64_t>());
     });

@@ -15,6 +15,11 @@
 //   the slot itself references its memory (the previous step's graph is gone): a step then allocates
 //   (and page-faults) nothing per layer. While a graph or a caller still holds the last masked
 //   weight (gradient accumulation over several forwards), a fresh tensor is allocated.
+// - With `held` (a tensor of the weight's dtype, GemMiner's deferred backward), the backward computes
+//   nothing: it keeps the masked weight's gradient, in the scores' memory order, as `held`
+//   (`held.set_(grad)`: no copy; a second gradient in the same step is added) and returns no scores
+//   gradient. gemminer_step_from_masked_grads_ then forms the scores' gradient inside the score step,
+//   which reads the weights anyway: one pass over the scores per step instead of two.
 // - With `precomputed`, `weight_slot` already holds the masked weight (GemMiner's score step wrote it
 //   for the updated scores): the forward returns a new tensor on its memory that shares its version
 //   counter (an in-place edit of the result bumps the slot's version) and computes nothing. The
@@ -35,8 +40,9 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& scores,
                             const at::Tensor& flags, const at::Tensor& grad_slot, const at::Tensor& claimed,
-                            const at::Tensor& weight_slot, bool precomputed) {
+                            const at::Tensor& weight_slot, bool precomputed, const std::optional<at::Tensor>& held) {
     ctx->save_for_backward({weight, flags});
+    if (held.has_value()) ctx->saved_data["held"] = *held;
     ctx->saved_data["scores"] = scores;  // the leaf itself: backward reads whether it has a .grad
     ctx->saved_data["grad_slot"] = grad_slot;
     ctx->saved_data["claimed"] = claimed;
@@ -55,7 +61,20 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
     const auto grad = in_order_of(grad_outputs[0].to(weight.scalar_type()), weight);
     at::Tensor grad_weight, grad_scores;
     if (need_weight) grad_weight = std::get<0>(gemminer_mask_backward(grad, weight, scores, flags, true, false));
-    if (need_scores) {
+    if (need_scores && ctx->saved_data.count("held")) {
+      auto claimed = ctx->saved_data["claimed"].toTensor();
+      uint8_t* first = claimed.data_ptr<uint8_t>();
+      auto held = ctx->saved_data["held"].toTensor();
+      const bool first_this_step = *first == 0;
+      *first = 1;
+      if (first_this_step || held.sizes() != grad.sizes()) {  // (or the held one was released since)
+        held.set_(grad);
+      } else {  // a second gradient this step (a layer used twice, gradient accumulation): the sum
+        auto sum = at::empty_like(grad);
+        at::add_out(sum, held, grad);
+        held.set_(sum);
+      }
+    } else if (need_scores) {
       auto claimed = ctx->saved_data["claimed"].toTensor();
       uint8_t* first = claimed.data_ptr<uint8_t>();
       const auto grad_slot = ctx->saved_data["grad_slot"].toTensor();
@@ -68,7 +87,8 @@ class MaskedWeight : public torch::autograd::Function<MaskedWeight> {
         gemminer_mask_backward_scores_into(grad, weight, flags, grad_scores);
       }
     }
-    return {grad_weight, grad_scores, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_weight, grad_scores, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 
  private:
@@ -120,24 +140,34 @@ void check_precomputed(const at::Tensor& masked, const at::Tensor& weight, const
                     "model first, then create the GemMiner");
 }
 
+// The contract of a deferred backward's holder: the weight's dtype, on the CPU.
+void check_held(const std::optional<at::Tensor>& held, const at::Tensor& weight) {
+  if (!held.has_value()) return;
+  TORCH_CHECK_TYPE(held->scalar_type() == weight.scalar_type() && held->device() == weight.device() &&
+                       !held->requires_grad(),
+                   "held must be ", describe(weight), " without requires_grad, got ", describe(*held));
+}
+
 at::Tensor masked_weight_autograd(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
                                   const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor& weight_slot,
-                                  bool precomputed) {
+                                  bool precomputed, const std::optional<at::Tensor>& held) {
   check_masked_weight(weight, scores, flags, grad_slot, claimed);
   if (precomputed) check_precomputed(weight_slot, weight, scores);
+  check_held(held, weight);
   // scores is passed as is (not a copy): backward asks the leaf whether it has a .grad. The other
   // inputs are read in its memory order (no copy when they share it, as GemMiner's views do).
   return MaskedWeight::apply(in_order_of(weight, scores), scores, in_order_of(flags, scores), grad_slot, claimed,
-                             weight_slot, precomputed);
+                             weight_slot, precomputed, held);
 }
 
 // Without autograd (torch.inference_mode): computed, also when precomputed (the same values; no tensor
 // here shares memory or a version counter with a caller's).
 at::Tensor masked_weight_forward(const at::Tensor& weight, const at::Tensor& scores, const at::Tensor& flags,
                                  const at::Tensor& grad_slot, const at::Tensor& claimed, const at::Tensor& weight_slot,
-                                 bool precomputed) {
+                                 bool precomputed, const std::optional<at::Tensor>& held) {
   check_masked_weight(weight, scores, flags, grad_slot, claimed);
   if (precomputed) check_precomputed(weight_slot, weight, scores);
+  check_held(held, weight);
   const auto order = flat_dense(weight) ? weight : weight.contiguous();
   return gemminer_mask(order, in_order_of(scores, order), in_order_of(flags, order));
 }

@@ -39,6 +39,13 @@ void gemminer_mask_backward_scores_into(const at::Tensor& grad, const at::Tensor
 at::Tensor gemminer_step_(const at::Tensor& scores, const at::Tensor& grads, const at::Tensor& momentum_buffer,
                           const at::Tensor& flags, double lr, double momentum, double l2,
                           const std::optional<at::Tensor>& weights, const std::optional<at::Tensor>& masked_out);
+// gemminer_step_ whose gradient is given as the masked weights' gradients, one tensor per layer (their flat
+// concatenation in memory order lines up with the flat scores): the scores' gradient masked_grads * weights
+// is formed in the same pass (GemMiner's deferred backward: no pass per layer in the backward).
+at::Tensor gemminer_step_from_masked_grads_(const at::Tensor& scores, at::TensorList masked_grads,
+                                            const at::Tensor& momentum_buffer, const at::Tensor& flags, double lr,
+                                            double momentum, double l2, const at::Tensor& weights,
+                                            const std::optional<at::Tensor>& masked_out);
 
 // One torch.optim step over a list of parameters with the pruned entries (masks False) of weights and state
 // set to 0 (optim.cpp); masks empty = a dense step, else all bool (one per entry) or all packed (uint8,

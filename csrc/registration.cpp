@@ -18,10 +18,12 @@ TORCH_LIBRARY(sparseticket_cpu, m) {
         "bool need_scores) -> (Tensor, Tensor)");
   m.def("gemminer_step_(Tensor(a!) scores, Tensor grads, Tensor(b!) momentum_buffer, Tensor flags, float lr, "
         "float momentum, float l2, Tensor? weights=None, Tensor(c!)? masked_out=None) -> Tensor");
+  m.def("gemminer_step_from_masked_grads_(Tensor(a!) scores, Tensor[] masked_grads, Tensor(b!) momentum_buffer, "
+        "Tensor flags, float lr, float momentum, float l2, Tensor weights, Tensor(c!)? masked_out=None) -> Tensor");
   // gemminer_mask with its straight-through backward in C++ (gemminer_autograd.cpp): GemMiner's hot path.
   // precomputed: weight_slot already holds the masked weight, returned without computing.
   m.def("gemminer_masked_weight(Tensor weight, Tensor scores, Tensor flags, Tensor grad_slot, Tensor claimed, "
-        "Tensor weight_slot, bool precomputed=False) -> Tensor");
+        "Tensor weight_slot, bool precomputed=False, Tensor(a!)? held=None) -> Tensor");
   // EarlyBERT slimming's column scaling with its backward in C++ (scale_columns.cpp).
   m.def("masked_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[] masks, float lr, "
         "float weight_decay, float momentum, float dampening, bool nesterov, bool maximize, bool first_step) -> ()");
@@ -41,6 +43,7 @@ TORCH_LIBRARY_IMPL(sparseticket_cpu, CompositeExplicitAutograd, m) {
   m.impl("gemminer_mask", &sparseticket::gemminer_mask);
   m.impl("gemminer_mask_backward", &sparseticket::gemminer_mask_backward);
   m.impl("gemminer_step_", &sparseticket::gemminer_step_);
+  m.impl("gemminer_step_from_masked_grads_", &sparseticket::gemminer_step_from_masked_grads_);
   m.impl("masked_sgd_", &sparseticket::masked_sgd_);
   m.impl("masked_adam_", &sparseticket::masked_adam_);
 }

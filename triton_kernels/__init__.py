@@ -7,7 +7,12 @@ module lists how to compile its kernels ahead of time for a GPU target.
 """
 
 from sparseticket.triton_kernels.columns import scale_columns, scale_columns_backward
-from sparseticket.triton_kernels.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
+from sparseticket.triton_kernels.gemminer import (
+    gemminer_mask,
+    gemminer_mask_backward,
+    gemminer_step_,
+    gemminer_step_from_masked_grads_,
+)
 from sparseticket.triton_kernels.kth import digit_histogram, kth_value
 from sparseticket.triton_kernels.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.triton_kernels.optim import masked_adam_, masked_sgd_
@@ -18,6 +23,7 @@ __all__ = [
     "gemminer_mask",
     "gemminer_mask_backward",
     "gemminer_step_",
+    "gemminer_step_from_masked_grads_",
     "kth_value",
     "mask_distances",
     "masked_adam_",

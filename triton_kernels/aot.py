@@ -113,10 +113,24 @@ def specialisations(spec: dict) -> list[dict]:
                 for aligned in BOOLS:
                     element = weights or dtype
                     out.append(_variant(spec, f"dtype={dtype} masked={weights} aligned={aligned}",
-                                        constexprs={"HAS_MASKED": weights is not None, "ALIGNED": aligned},
+                                        constexprs={"HAS_MASKED": weights is not None, "ALIGNED": aligned,
+                                                    "GRAD_OF_MASKED": False},
                                         aligned=aligned,
                                         pointers={"scores": dtype, "grads": dtype, "momentum_buffer": dtype,
                                                   "weights": element, "masked_out": element}))
+            # gemminer_step_from_masked_grads_: the gradient is the masked weights' (weights' dtype), with or
+            # without masked_out (scores are its placeholder then)
+            for weights in FLOATS:
+                for has_masked in BOOLS:
+                    for aligned in BOOLS:
+                        out.append(_variant(spec, f"dtype={dtype} grad_of_masked weights={weights} "
+                                                  f"masked_out={has_masked} aligned={aligned}",
+                                            constexprs={"HAS_MASKED": has_masked, "ALIGNED": aligned,
+                                                        "GRAD_OF_MASKED": True},
+                                            aligned=aligned,
+                                            pointers={"scores": dtype, "grads": weights, "momentum_buffer": dtype,
+                                                      "weights": weights,
+                                                      "masked_out": weights if has_masked else dtype}))
     elif name == "digit_histogram_kernel":
         for dtype in FLOATS:
             for shift in (24, 16, 8, 0):

@@ -75,10 +75,12 @@ def gemminer_mask_backward_kernel(
 @triton.jit
 def gemminer_step_kernel(
     scores, grads, momentum_buffer, flags, kept, weights, masked_out, numel, lr, momentum, l2,
-    HAS_MASKED: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_MASKED: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr, GRAD_OF_MASKED: tl.constexpr = False,
 ):
     """SGD-with-momentum on the scores plus the L2 term, clamp to [0, 1], count kept entries;
-    with HAS_MASKED also masked_out = weights where the stored score > 0.5 and flags, else 0."""
+    with HAS_MASKED also masked_out = weights where the stored score > 0.5 and flags, else 0. With
+    GRAD_OF_MASKED, grads (weights' dtype) is the masked weights' gradient and the scores' is
+    grads * weights (fp32)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = offsets < numel
     full = (tl.program_id(0).to(tl.int64) + 1) * BLOCK <= numel
@@ -87,12 +89,15 @@ def gemminer_step_kernel(
         grads = tl.multiple_of(grads, 16)
         momentum_buffer = tl.multiple_of(momentum_buffer, 16)
         flags = tl.multiple_of(flags, 16)
-        if HAS_MASKED:
+        if HAS_MASKED or GRAD_OF_MASKED:
             weights = tl.multiple_of(weights, 16)
+        if HAS_MASKED:
             masked_out = tl.multiple_of(masked_out, 16)
     p = to_float32(load_block(scores, offsets, in_range, full))
     v = to_float32(load_block(momentum_buffer, offsets, in_range, full))
     g = to_float32(load_block(grads, offsets, in_range, full))
+    if GRAD_OF_MASKED:
+        g = g * to_float32(load_block(weights, offsets, in_range, full))
     active = (load_block(flags, offsets, in_range, full) != 0) & in_range
     v_new = momentum * v + (g + (2.0 * l2) * p)
     # NaN stays NaN, as in torch.clamp and the C++ kernel (the default min/max drop it on NVIDIA GPUs)
@@ -169,10 +174,41 @@ def gemminer_step_(
     return kept
 
 
+def gemminer_step_from_masked_grads_(
+    scores: torch.Tensor,
+    masked_grads: list[torch.Tensor],
+    momentum_buffer: torch.Tensor,
+    flags: torch.Tensor,
+    lr: float,
+    momentum: float,
+    l2: float,
+    weights: torch.Tensor,
+    masked_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``gemminer_step_`` with the scores' gradient ``masked_grads * weights``: one launch per layer
+    on its slice of the flat buffers, all counting into one kept total (contract: reference)."""
+    kept = torch.zeros((), dtype=torch.int64, device=scores.device)
+    has_masked = masked_out is not None
+    start = 0
+    for grad in masked_grads:
+        count = grad.numel()
+        if count:
+            part = slice(start, start + count)
+            flat_grad = grad.as_strided((count,), (1,))  # its memory order
+            out = masked_out[part] if has_masked else scores[part]  # unread placeholder without masked_out
+            streams = [scores[part], flat_grad, momentum_buffer[part], flags[part], weights[part], out]
+            gemminer_step_kernel[_grid(count)](
+                scores[part], flat_grad, momentum_buffer[part], flags[part], kept, weights[part], out,
+                count, float(lr), float(momentum), float(l2),
+                HAS_MASKED=has_masked, ALIGNED=all_aligned(streams), BLOCK=BLOCK, GRAD_OF_MASKED=True)
+        start += count
+    return kept
+
+
 _STEP_SIGNATURE = {
     "scores": "*fp32", "grads": "*fp32", "momentum_buffer": "*fp32", "flags": "*i1", "kept": "*i64",
     "weights": "*fp32", "masked_out": "*fp32", "numel": "i64", "lr": "fp32", "momentum": "fp32", "l2": "fp32",
-    "HAS_MASKED": "constexpr", "ALIGNED": "constexpr", "BLOCK": "constexpr",
+    "HAS_MASKED": "constexpr", "ALIGNED": "constexpr", "BLOCK": "constexpr", "GRAD_OF_MASKED": "constexpr",
 }
 AOT_SPECS = [
     {
@@ -199,10 +235,10 @@ AOT_SPECS = [
         "name": "gemminer_step_kernel",
         "fn": gemminer_step_kernel,
         "signature": _STEP_SIGNATURE,
-        "constexprs": {"HAS_MASKED": True, "ALIGNED": True, "BLOCK": BLOCK},
+        "constexprs": {"HAS_MASKED": True, "ALIGNED": True, "BLOCK": BLOCK, "GRAD_OF_MASKED": False},
         "attrs": aot_attrs([0, 1, 2, 3, 4, 5, 6]),
         "streaming": True,
     },
 ]
 
-__all__ = ["gemminer_mask", "gemminer_mask_backward", "gemminer_step_"]
+__all__ = ["gemminer_mask", "gemminer_mask_backward", "gemminer_step_", "gemminer_step_from_masked_grads_"]

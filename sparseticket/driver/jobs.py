@@ -155,8 +155,11 @@ class MethodJob(Job):
                  data: TrainingData) -> None:
         super().__init__(name, model, options, schedule, data)
         cls = METHODS[name]
-        if "epochs" in inspect.signature(cls).parameters and "epochs" not in options:
+        parameters = inspect.signature(cls).parameters
+        if "epochs" in parameters and "epochs" not in options:
             options = {**options, "epochs": schedule.epochs}  # Gem-Miner: its mining length
+        if "defer_backward" in parameters and "defer_backward" not in options:
+            options = {**options, "defer_backward": True}  # Gem-Miner: this loop steps right after each backward
         self.method = cls(model, **options)
         self.search_epochs = schedule.epochs
         if not getattr(self.method, "owns_update", False):  # Gem-Miner's after_backward is its own update

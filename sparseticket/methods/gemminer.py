@@ -26,10 +26,23 @@ gm.scores.mul_(...)``) bump their version counters, and the next forward then re
 masked weight in one flat pass. Edits through ``.data`` are not seen (they bump no version):
 after one, call ``gm.refresh_masked()``.
 
+With ``defer_backward=True`` (what the search driver passes: its loop calls ``gm.step()`` right after
+each backward), from the second ``gm.step()`` on (single process, weights in one flat buffer), a
+layer's backward computes no scores gradient:
+it keeps its masked weight's gradient, and the step forms the scores' gradient
+(``masked weight's gradient * weight * flag``) inside its own pass
+(``gemminer_step_from_masked_grads_``): one pass over the scores a step instead of two. Between
+``loss.backward()`` and the step, ``gm.scores.grad`` is then None; ``gm.gradient()`` forms it (the
+same numbers), and so does any other optimizer's ``step()`` over ``gm.scores`` (a global optimizer
+pre-step hook), so training the scores with your own optimizer and ``gm.project_()`` works as before.
+Two gradients of one layer in a step (accumulation, a layer used twice) are summed before the
+product, which rounds differently from summing the products.
+
 Under ``torch.distributed``, wrap the model in ``DistributedDataParallel`` after creating the
 miner: the per-layer scores are the model's only trainable parameters, so DDP averages their
 gradients across ranks and ``gm.step()`` acts on the averaged gradient; the frozen flags are
-checksummed across ranks at every freezing round.
+checksummed across ranks at every freezing round. Nothing is deferred while a process group
+exists (DDP must see every layer's scores gradient).
 """
 
 from __future__ import annotations
@@ -37,12 +50,14 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sparseticket.methods.consistency import assert_same_on_all_ranks
 from sparseticket.methods.convention import check_convention
@@ -54,6 +69,7 @@ from sparseticket.ops import (
     gemminer_mask,
     gemminer_masked_weight,
     gemminer_step_,
+    gemminer_step_from_masked_grads_,
     kth_value,
     memory_order,
     pack_mask,
@@ -157,6 +173,36 @@ class _MaskedWeights:
         self._written = self._versions()
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class _Deferral:
+    """Whether the layers' backward leaves the scores' gradient to the score step (shared by a miner's
+    layers): ``on`` once ``gm.step()`` has run, when ``allowed`` (weights in one flat buffer), never
+    under ``torch.distributed``."""
+
+    def __init__(self, allowed: bool) -> None:
+        self.on, self.allowed = False, allowed
+
+
+def _gradient_before_other_optimizers(miner_ref: weakref.ref) -> Callable[..., None]:
+    """A global optimizer pre-step hook: before any optimizer that holds ``gm.scores`` steps, the
+    deferred score gradient is formed into ``gm.scores.grad`` (``gm.gradient()``), so that another
+    optimizer on the scores (then ``gm.project_()``) works as before, also after ``gm.step()`` ran."""
+
+    def hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        miner = miner_ref()
+        if miner is None or not miner._deferral.on:
+            return
+        scores = miner.scores
+        if any(param is scores for group in optimizer.param_groups for param in group["params"]) and any(
+                score_mask.slots.holds_gradient() for score_mask in miner._score_masks):
+            miner.gradient()
+
+    return hook
+
+
 class _ScoreMask(nn.Module):
     """Parametrization: weight -> gemminer_masked_weight(weight, scores, flags) for one layer.
 
@@ -169,18 +215,22 @@ class _ScoreMask(nn.Module):
     """
 
     def __init__(self, scores: nn.Parameter, flags: torch.Tensor, slots: MaskedWeightSlots,
-                 masked_weights: _MaskedWeights | None = None, index: int = 0) -> None:
+                 masked_weights: _MaskedWeights | None = None, index: int = 0,
+                 deferral: _Deferral | None = None) -> None:
         super().__init__()
         self.scores = scores
         self.flags, self.slots = flags, slots
-        self.masked_weights, self.index = masked_weights, index
+        self.masked_weights, self.index, self.deferral = masked_weights, index, deferral
         self.offset_bytes = 0  # where in gm.scores' memory this layer's view starts (set by the miner)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         masked = None
         if self.masked_weights is not None and not torch.compiler.is_compiling():
             masked = self.masked_weights.view(self.index)
-        return gemminer_masked_weight(weight, self.scores, self.flags, slots=self.slots, masked=masked)
+        # Deferred backward: not under torch.distributed (any process group), where DDP must see and average
+        # every layer's scores gradient.
+        defer = self.deferral is not None and self.deferral.on and not _distributed()
+        return gemminer_masked_weight(weight, self.scores, self.flags, slots=self.slots, masked=masked, defer=defer)
 
 
 def freezing_steps(epochs: int, period: int) -> int:
@@ -223,6 +273,13 @@ class GemMiner:
     ``"original"`` is the authors' ``BottomK`` (``utils/net_utils.py``): each round freezes
     ``ceil(p * active)`` weights, p = 1 - density**(1/n), and every active score tied with the
     threshold (``|s| <= threshold``), so it ends at or below N * density.
+
+    ``defer_backward``: from the second ``step()`` on, leave each layer's scores gradient to the
+    score step, which forms it in its own pass (one pass over the scores a step instead of two; see
+    the module docstring). Off by default because the layers' ``scores.grad`` (``hooked_parameters``)
+    then stay None after a backward: a loop that reads or unscales them (Lightning's GradScaler, a
+    gradient clip) must keep it off; ``gm.gradient()`` and other optimizers over ``gm.scores`` still
+    see the gradient.
     """
 
     owns_update = True  # after_backward() is the whole update while mining: a driver runs no optimizer
@@ -240,8 +297,11 @@ class GemMiner:
         exclude: Iterable[str] = (),
         seed: int | None = None,
         convention: str = "default",
+        defer_backward: bool = False,
     ) -> None:
         self.convention = check_convention(convention)
+        if not isinstance(defer_backward, bool):
+            raise TypeError(f"defer_backward must be a bool, got {type(defer_backward).__name__}")
         if not 0 < density <= 1:
             raise ValueError(f"density must be in (0, 1], got {density!r}")
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -280,6 +340,7 @@ class GemMiner:
         self.scores.grad = self._grad
         self._claimed = torch.zeros(len(self.weights), dtype=torch.uint8, device="cpu")  # host flags, reset every step
         self._masked: _MaskedWeights | None = None  # the layers' masked weights, kept by the score step
+        self._deferral = _Deferral(allowed=False)
         if self.flat_weights is not None:
             self._masked = _MaskedWeights(self.scores, self.flags, self.flat_weights,
                                           [(self.slices[weight.name], weight.tensor) for weight in self.weights])
@@ -290,10 +351,18 @@ class GemMiner:
             # the kernels then read weight, scores and flags flat, with no copy
             layer_scores = nn.Parameter(_view_like(self.scores.detach()[part], tensor))  # shares the flat storage
             slots = MaskedWeightSlots(_view_like(self._grad[part], tensor), self._claimed[index:index + 1])
-            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor), slots, self._masked, index)
+            score_mask = _ScoreMask(layer_scores, _view_like(self.flags[part], tensor), slots, self._masked, index,
+                                    self._deferral)
             score_mask.offset_bytes = part.start * self.scores.element_size()  # where its view must start
             parametrize.register_parametrization(weight.module, weight.attr, score_mask, unsafe=True)
             self._score_masks.append(score_mask)
+        if defer_backward and self.flat_weights is not None:  # the deferred backward (on after the first step)
+            for score_mask in self._score_masks:
+                score_mask.slots.hold_gradients(self.flat_weights.dtype)
+            self._deferral.allowed = True
+            handle = register_optimizer_step_pre_hook(
+                _gradient_before_other_optimizers(weakref.ref(self)))
+            weakref.finalize(self, handle.remove)
         self._legacy_hook = model.register_load_state_dict_pre_hook(self._split_legacy_scores)
         self._initial_top = self._top_scores()  # packed: which scores start in the top `density`
         self.freezes_done = 0
@@ -366,10 +435,22 @@ class GemMiner:
 
     def step(self) -> torch.Tensor:
         """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; clears the
-        score gradient. The same pass writes the masked weights the next forward returns. Returns
+        score gradient. The same pass writes the masked weights the next forward returns and, from
+        the second step on, forms the scores' gradient from the masked weights' (see ``gradient()``). Returns
         the number of weights in the mask (p > 0.5 and not frozen) as a 0-d int64 tensor on the
         scores' device: nothing waits for the GPU here; ``int()`` it when the number is needed
         (that waits)."""
+        if self._all_deferred():  # every layer's backward kept its masked weight's gradient: one pass
+            masked = self._masked.step_outputs() if self._masked is not None else {}
+            kept = gemminer_step_from_masked_grads_(
+                self.scores.detach(), [score_mask.slots.held for score_mask in self._score_masks],
+                self.momentum_buffer, self.flags, lr=self.lr, momentum=self.momentum, l2=self.l2,
+                weights=self.flat_weights, masked_out=masked.get("masked_out"))
+            if masked:
+                self._masked.written()
+            self.zero_grad()
+            return kept
+        self._deferral.on = self._deferral.allowed  # the miner steps the scores: defer from now on
         grad = self.gradient()
         masked = self._masked.step_outputs() if self._masked is not None else {}
         kept = gemminer_step_(self.scores.detach(), grad, self.momentum_buffer, self.flags,
@@ -391,29 +472,60 @@ class GemMiner:
         last step or refresh wrote it; None when the weights are not in one flat buffer."""
         return self._masked.buffer if self._masked is not None else None
 
-    def zero_grad(self) -> None:
-        """Forget this step's score gradient (every layer's ``.grad`` back to None)."""
-        for score_mask in self._score_masks:
-            score_mask.scores.grad = None
-        self._claimed.zero_()  # every layer's MaskedWeightSlots.claimed at once
-        self.scores.grad = self._grad
+    def _all_deferred(self) -> bool:
+        """Whether this step's gradient is every layer's deferred one (held, no ``scores.grad``), with
+        every layer's scores still a view of ``gm.scores``."""
+        if self.flat_weights is None or not all(score_mask.slots.holds_gradient() and score_mask.scores.grad is None
+                                                for score_mask in self._score_masks):
+            return False
+        self._check_views()
+        return True
 
-    @torch.no_grad()
-    def gradient(self) -> torch.Tensor:
-        """The flat score gradient of this step (``gm.scores.grad``), layer by layer.
-
-        Each layer's backward normally writes its slice directly. A layer whose gradient lives
-        elsewhere (compiled forward, DDP bucket views, an accumulation onto a ``.grad`` someone
-        else set) is copied into its slice; a layer without a gradient counts as zero.
-        """
-        missing, base = 0, self.scores.data_ptr()
+    def _check_views(self) -> None:
+        base = self.scores.data_ptr()
         for score_mask, weight in zip(self._score_masks, self.weights):
             if score_mask.scores.data_ptr() != base + score_mask.offset_bytes:
                 raise RuntimeError(f"GemMiner: the scores of {weight.name} are no longer a view of gm.scores "
                                    "(model moved or converted after the GemMiner was made?): "
                                    "move or convert the model first, then create the GemMiner")
-            current, grad_slot = score_mask.scores.grad, score_mask.slots.grad_slot
-            if current is None:
+
+    def zero_grad(self) -> None:
+        """Forget this step's score gradient (every layer's ``.grad`` and held gradient)."""
+        for score_mask in self._score_masks:
+            score_mask.scores.grad = None
+            score_mask.slots.release()
+        self._claimed.zero_()  # every layer's MaskedWeightSlots.claimed at once
+        self.scores.grad = None if self._deferral.on else self._grad
+
+    @torch.no_grad()
+    def gradient(self) -> torch.Tensor:
+        """The flat score gradient of this step, layer by layer; also ``gm.scores.grad`` from then
+        until the step.
+
+        Once ``gm.step()`` has run, with the weights in one flat buffer (the usual case) in a single
+        process, a layer's backward only keeps its masked weight's gradient and the next
+        ``gm.step()`` forms the scores' gradient inside its own pass (one pass over the scores per
+        step instead of two): ``gm.scores.grad`` is then None after ``loss.backward()``, and this
+        computes it (``masked weight's gradient * weight * flag``, fp32; the step gets the same
+        numbers). Otherwise (before the first step, across ranks, a compiled forward, after
+        ``project_``) each layer's backward writes its slice of ``gm.scores.grad``, or its gradient
+        is copied in. A layer without a gradient counts as zero.
+        """
+        self._check_views()
+        missing = 0
+        for index, score_mask in enumerate(self._score_masks):
+            current, slots = score_mask.scores.grad, score_mask.slots
+            grad_slot = slots.grad_slot
+            if slots.holds_gradient():
+                part = self.slices[self.weights[index].name]
+                weight = _view_like(self.flat_weights[part], grad_slot)
+                product = torch.where(score_mask.flags, slots.held.float() * weight.float(), 0.0)
+                if current is not None:
+                    product += current
+                grad_slot.copy_(product)
+                slots.release()
+                score_mask.scores.grad = grad_slot  # a later backward of this step adds to it, as usual
+            elif current is None:
                 missing += 1
                 grad_slot.zero_()
             elif current.data_ptr() != grad_slot.data_ptr():

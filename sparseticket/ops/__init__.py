@@ -22,7 +22,13 @@ from sparseticket.ops._backend import (
 )
 from sparseticket.ops._validate import memory_order
 from sparseticket.ops.columns import scale_columns
-from sparseticket.ops.gemminer import MaskedWeightSlots, gemminer_mask, gemminer_masked_weight, gemminer_step_
+from sparseticket.ops.gemminer import (
+    MaskedWeightSlots,
+    gemminer_mask,
+    gemminer_masked_weight,
+    gemminer_step_,
+    gemminer_step_from_masked_grads_,
+)
 from sparseticket.ops.kth import digit_histogram, kth_value
 from sparseticket.ops.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.ops.optim import masked_adam_, masked_sgd_, pack_optimizer_mask
@@ -43,6 +49,7 @@ __all__ = [
     "gemminer_mask",
     "gemminer_masked_weight",
     "gemminer_step_",
+    "gemminer_step_from_masked_grads_",
     "kernels_for",
     "kth_value",
     "mask_distances",

@@ -313,6 +313,40 @@ def gemminer_step_(scores: object, grads: object, momentum_buffer: object, flags
             check_float("momentum", momentum), check_float("l2", l2), weights, masked_out)
 
 
+def gemminer_step_from_masked_grads_(scores: object, masked_grads: object, momentum_buffer: object, flags: object,
+                                     lr: object, momentum: object, l2: object, weights: object,
+                                     masked_out: object = None) -> tuple:
+    """``gemminer_step_``'s contract with the gradient given per layer: ``scores``, ``momentum_buffer``
+    (its dtype), ``flags`` (bool), ``weights`` (float) and ``masked_out`` (optional, weights' dtype)
+    1-D, contiguous, one length; ``masked_grads`` a list of tensors in weights' dtype and device,
+    each contiguous or channels_last (read in its memory order), whose entries add up to that
+    length. The outputs share no memory with each other or an input."""
+    check_tensor("scores", scores, FLOAT_DTYPES)
+    check_tensor("weights", weights, FLOAT_DTYPES, scores.device)
+    check_tensor("momentum_buffer", momentum_buffer, (scores.dtype,), scores.device)
+    check_tensor("flags", flags, (torch.bool,), scores.device)
+    named = {"scores": scores, "momentum_buffer": momentum_buffer, "flags": flags, "weights": weights}
+    if masked_out is not None:
+        check_tensor("masked_out", masked_out, (weights.dtype,), scores.device)
+        named["masked_out"] = masked_out
+    for name, tensor in named.items():
+        if tensor.dim() != 1 or not tensor.is_contiguous() or tensor.numel() != scores.numel():
+            raise ValueError(f"{name} must be 1-D and contiguous with the {scores.numel()} entries of scores, "
+                             f"got shape {tuple(tensor.shape)}")
+    grads = _as_list("masked_grads", masked_grads)
+    for index, grad in enumerate(grads):
+        check_tensor(f"masked_grads[{index}]", grad, (weights.dtype,), scores.device)
+        check_flat_dense(f"masked_grads[{index}]", grad)
+    total = sum(grad.numel() for grad in grads)
+    if total != scores.numel():
+        raise ValueError(f"masked_grads must hold one gradient per entry of scores: {total} entries for "
+                         f"{scores.numel()} scores")
+    check_no_aliasing({"scores": scores, "momentum_buffer": momentum_buffer, "masked_out": masked_out},
+                      {"masked_grads": grads, "flags": flags, "weights": weights})
+    return (scores, grads, momentum_buffer, flags, check_float("lr", lr), check_float("momentum", momentum),
+            check_float("l2", l2), weights, masked_out)
+
+
 def masked_weight_slots(grad_slot: object, claimed: object) -> tuple:
     """``grad_slot`` float, contiguous or channels_last (written in place); ``claimed`` one uint8
     on the CPU (read and set on the host, never a device sync)."""
@@ -508,6 +542,7 @@ CONTRACTS: dict[str, Callable[..., tuple]] = {
     "gemminer_mask": gemminer_mask,
     "gemminer_mask_backward": gemminer_mask_backward,
     "gemminer_step_": gemminer_step_,
+    "gemminer_step_from_masked_grads_": gemminer_step_from_masked_grads_,
     "masked_sgd_": masked_sgd_,
     "masked_adam_": masked_adam_,
 }

@@ -22,7 +22,7 @@ from sparseticket.ops._contracts import CONTRACTS
 LIBRARY = torch.library.Library("sparseticket", "DEF")
 # Ops whose C++ kernel checks the whole contract itself (csrc/truncate.cpp, csrc/optim.cpp): they run
 # on every training step over every layer, where the Python checks would cost more than the kernel.
-CHECKED_IN_CPP = frozenset({"truncate_grads_", "masked_sgd_", "masked_adam_"})
+CHECKED_IN_CPP = frozenset({"truncate_grads_", "masked_sgd_", "masked_adam_", "gemminer_step_from_masked_grads_"})
 
 
 def _first_device(args: tuple) -> torch.device:

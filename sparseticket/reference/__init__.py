@@ -7,7 +7,12 @@ with ``csrc/`` and ``triton_kernels/`` (see each function's docstring).
 """
 
 from sparseticket.reference.columns import scale_columns
-from sparseticket.reference.gemminer import gemminer_mask, gemminer_mask_backward, gemminer_step_
+from sparseticket.reference.gemminer import (
+    gemminer_mask,
+    gemminer_mask_backward,
+    gemminer_step_,
+    gemminer_step_from_masked_grads_,
+)
 from sparseticket.reference.kth import digit_histogram, kth_value
 from sparseticket.reference.masks import mask_distances, pack_mask, unpack_mask
 from sparseticket.reference.optim import masked_adam_, masked_sgd_
@@ -18,6 +23,7 @@ __all__ = [
     "gemminer_mask",
     "gemminer_mask_backward",
     "gemminer_step_",
+    "gemminer_step_from_masked_grads_",
     "kth_value",
     "mask_distances",
     "masked_adam_",

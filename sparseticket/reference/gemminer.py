@@ -63,3 +63,24 @@ def gemminer_step_(
     if masked_out is not None:
         masked_out.copy_(gemminer_mask(weights, scores, flags))
     return ((scores > 0.5) & flags).sum()
+
+
+def gemminer_step_from_masked_grads_(
+    scores: torch.Tensor,
+    masked_grads: list[torch.Tensor],
+    momentum_buffer: torch.Tensor,
+    flags: torch.Tensor,
+    lr: float,
+    momentum: float,
+    l2: float,
+    weights: torch.Tensor,
+    masked_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``gemminer_step_`` with the scores' gradient ``masked_grads * weights`` (fp32 product): the
+    masked weights' gradients, one tensor per layer, read in each one's memory order (contiguous or
+    channels_last), concatenated in list order to line up with the flat scores."""
+    flat = [grad.as_strided((grad.numel(),), (1,)) for grad in masked_grads]  # memory order
+    grads = torch.cat(flat).to(torch.float32) if flat else weights.new_empty(0, dtype=torch.float32)
+    grads = grads * weights.to(torch.float32)
+    return gemminer_step_(scores, grads, momentum_buffer, flags, lr, momentum, l2,
+                          weights if masked_out is not None else None, masked_out)
