@@ -216,6 +216,15 @@ def correctness(device: torch.device, dry: bool) -> dict:
         kernels.gemminer_step_(got[0], grads.to(device), got[1], flags.to(device), 0.1, 0.9, 1e-4,
                                weights.to(device), got[2])
         same(f"gemminer_step_ with masked weights ({dtype})", got, want, exact=False)
+        layer_grads = list(torch.randn(sizes[-1], generator=generator).to(dtype).split([sizes[-1] // 3,
+                                                                                       sizes[-1] - sizes[-1] // 3]))
+        want = [scores.clone(), buffer.clone(), torch.empty_like(weights)]  # GemMiner's deferred backward
+        reference.gemminer_step_from_masked_grads_(want[0], layer_grads, want[1], flags, 0.1, 0.9, 1e-4, weights,
+                                                   want[2])
+        got = [scores.to(device), buffer.to(device), torch.empty_like(weights, device=device)]
+        kernels.gemminer_step_from_masked_grads_(got[0], [g.to(device) for g in layer_grads], got[1],
+                                                 flags.to(device), 0.1, 0.9, 1e-4, weights.to(device), got[2])
+        same(f"gemminer_step_from_masked_grads_ ({dtype})", got, want, exact=False)
         # the masked optimizer steps compute in float32 and round once: the float32 reference, rounded
         params = [torch.randn(n, generator=generator).to(dtype) for n in sizes[:3]]
         step_grads = [torch.randn_like(p) for p in params]

@@ -191,6 +191,13 @@ def gemminer_step_fused(shapes: Sequence[Shape]) -> Cost:
     return Cost(gemminer_step_bytes(total(shapes)), 1, 1)
 
 
+def gemminer_deferred_fused(shapes: Sequence[Shape]) -> Cost:
+    """gemminer_step_from_masked_grads_ (GemMiner's deferred backward): the score step's traffic, reading
+    each layer's masked-weight gradient where gemminer_step_ reads the scores' gradient, one launch per
+    layer on its slice; the backward then makes no pass of its own."""
+    return Cost(gemminer_step_bytes(total(shapes)), len(shapes), 1)
+
+
 def gemminer_mask_bytes(shapes: Sequence[Shape]) -> int:
     """The backward with frozen weights (read grad, f, w; write grad_s); the forward returns the masked
     weight the score step wrote (no kernel)."""
@@ -288,6 +295,8 @@ def network_rows(prunable: Sequence[Shape], norms: Sequence[Shape]) -> list[Row]
             gemminer_step_fused(prunable), eager_loop(flat, GEMMINER_STEP_PEER) + forward_mask,
             eager_loop(prunable, GEMMINER_STEP_EAGER) + forward_mask),
         Row("gemminer_mask backward", "step", gemminer_mask_fused(prunable), backward_mask, backward_mask),
+        Row("gemminer_step_from_masked_grads_ (deferred: step + backward) / gemminer_step_ + mask backward",
+            "step", gemminer_deferred_fused(prunable), gemminer_step_fused(prunable) + gemminer_mask_fused(prunable)),
         Row("kth_value over all prunable abs(w)", "round/epoch", kth_fused(prunable), kth_eager(prunable)),
         Row(f"mask_distances (norm channels, K={HISTORY_ROWS})", "epoch",
             mask_distances_fused(norms), mask_distances_eager(norms)),

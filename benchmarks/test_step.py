@@ -7,7 +7,8 @@ Each test builds one model twice from the same initialization: a dense copy and 
 method attached, each with ``SGD(momentum=0.9, weight_decay=1e-4, fused=True)`` (torch's fastest
 SGD step on CPU). A step is
 ``zero_grad``, forward, loss, backward, the method's hooks and ``optimizer.step()``; Gem-Miner's
-mining step is forward, backward and ``gm.step()`` (its fused score update replaces the optimizer).
+mining step is forward, backward and ``gm.step()`` (its fused score update replaces the optimizer;
+``defer_backward=True``, as the search driver runs it).
 
 The two steps are interleaved (pytest-benchmark's untimed ``setup`` of every round runs and times
 one dense step), so slow drifts of the machine hit both alike. ``extra_info`` keeps:
@@ -20,7 +21,11 @@ one dense step), so slow drifts of the machine hit both alike. ``extra_info`` ke
   (where they run), over the dense step's median: the overhead free of whole-step noise, for hooks
   far below it;
 - ``optimizer_step_ratio``: the median time of the method's optimizer step over the dense step's,
-  both timed inside their whole steps (IMP's swap: the fused masked SGD step against torch's fused one).
+  both timed inside their whole steps (IMP's swap: the fused masked SGD step against torch's fused one);
+- ``parts_overhead`` (with ``parts_overhead_ci``): per round, (the method's optimizer step + its hooks -
+  the dense optimizer step) over that round's dense step, median and 95% interval; only where the
+  forward and backward run the dense model's code (``same_forward``), so that these are the only
+  parts that differ: the overhead without the forward and backward's step-to-step noise.
 
 IMP runs two ways: ``imp``, with ``imp.optimizer(optimizer)`` (the fused masked SGD step replaces
 torch's: no hook runs), and ``imp_two_pass``, torch's SGD plus the two masking passes (zero the pruned
@@ -221,7 +226,14 @@ def _method_step(method: str, model: nn.Module, case: Case) -> TimedStep:
                                     step_times=step_times), hook_times, step_times)
 
 
-def _measure(benchmark, dense: TimedStep, attached: TimedStep, rounds: int, **info: object) -> None:
+def same_forward(case: Case, method: str) -> bool:
+    """Whether the method's forward and backward run the dense model's code, so that only its optimizer
+    step and hooks differ: not for Gem-Miner (masked weights), nor for EarlyBird/WORM on a transformer
+    (slimming coefficients are attached to it)."""
+    return method != "gemminer" and not (case.transformer and method in ("earlybird", "worm_truncating"))
+
+
+def _measure(benchmark, dense: TimedStep, attached: TimedStep, rounds: int, same: bool, **info: object) -> None:
     """Time ``attached.step`` with pytest-benchmark, one dense step in the untimed setup of every round,
     and keep in ``extra_info``: the paired ratios' median with its 95% interval and quartiles, the
     hooks' own time (measured inside the method's steps, where they run: right after that model's
@@ -247,6 +259,7 @@ def _measure(benchmark, dense: TimedStep, attached: TimedStep, rounds: int, **in
     step_ratio, parts = None, None
     if attached.step_times and dense.step_times:
         step_ratio = statistics.median(attached.step_times) / statistics.median(dense.step_times)
+    if attached.step_times and dense.step_times and same:
         # the parts of the step that differ (optimizer step and hooks; the forward and backward run the same
         # code), per round over that round's dense step: the overhead without the forward/backward's noise
         count = len(method_times)
@@ -276,7 +289,7 @@ def test_training_step(benchmark, model_name, method):
     benchmark.group = f"training step: {model_name}"
     rounds = IMP_ROUNDS[model_name] if method == "imp" else ROUNDS[model_name]
     _measure(benchmark, _dense_step(dense_model, case), _method_step(method, method_model, case), rounds,
-             method=method, model=model_name)
+             same_forward(case, method), method=method, model=model_name)
 
 
 @pytest.mark.parametrize("layers", [2, 8, 32])
@@ -290,4 +303,4 @@ def test_gemminer_step_by_depth(benchmark, layers):
     method_model = copy.deepcopy(dense_model)
     benchmark.group = "training step: mlp by depth"
     _measure(benchmark, _dense_step(dense_model, case), _method_step("gemminer", method_model, case), 400,
-             method="gemminer", model=f"mlp{layers}")
+             False, method="gemminer", model=f"mlp{layers}")

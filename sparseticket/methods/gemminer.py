@@ -185,6 +185,9 @@ class _Deferral:
     def __init__(self, allowed: bool) -> None:
         self.on, self.allowed = False, allowed
 
+    def __reduce__(self) -> tuple:
+        return _Deferral, (False,)  # a deep copy or a pickle of the model has no miner to step it: never defers
+
 
 def _gradient_before_other_optimizers(miner_ref: weakref.ref) -> Callable[..., None]:
     """A global optimizer pre-step hook: before any optimizer that holds ``gm.scores`` steps, the

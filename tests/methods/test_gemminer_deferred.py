@@ -165,3 +165,18 @@ def test_off_by_default_and_checked():
         miner.step()
     with pytest.raises(TypeError, match="defer_backward must be a bool"):
         GemMiner(Twice(False), density=0.3, epochs=3, period=1, defer_backward=1)
+
+
+def test_a_deep_copy_of_the_model_does_not_defer():
+    """The copy has no miner to step it: its backward fills the layers' scores.grad as usual."""
+    import copy
+
+    torch.manual_seed(0)
+    model = Twice(False)
+    miner = GemMiner(model, density=0.3, epochs=3, period=1, seed=0, defer_backward=True)
+    images, labels = batches(1, False)[0]
+    nn.functional.cross_entropy(model(images), labels).backward()
+    miner.step()  # deferral on for the original
+    twin = copy.deepcopy(model)
+    nn.functional.cross_entropy(twin(images), labels).backward()
+    assert all(parameter.grad is not None for name, parameter in twin.named_parameters() if name.endswith("scores"))

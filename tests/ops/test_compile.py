@@ -75,3 +75,27 @@ def test_gemminer_step_int_result_under_compile():
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         kept = torch.compile(step, fullgraph=True)(scores, grads, buffer, flags)
     assert kept == int((scores > 0.5).sum())
+
+
+def test_gemminer_step_from_masked_grads_fullgraph_matches_eager(backend):
+    """The score step that takes the masked weights' gradients (a list) traces without a break and
+    updates the same buffers as eager."""
+    def step(scores, grads, buffer, flags, weights, masked):
+        return ops.gemminer_step_from_masked_grads_(scores, grads, buffer, flags, lr=0.1, momentum=0.9, l2=1e-4,
+                                                    weights=weights, masked_out=masked)
+
+    def inputs():
+        generator = torch.Generator().manual_seed(5)
+        grads = [torch.randn(4, 3, 2, 2, generator=generator), torch.randn(6, 5, generator=generator)]
+        total = sum(grad.numel() for grad in grads)
+        return (torch.rand(total, generator=generator), grads, torch.zeros(total),
+                torch.rand(total, generator=generator) > 0.2, torch.randn(total, generator=generator),
+                torch.empty(total))
+
+    torch._dynamo.reset()
+    eager_inputs, compiled_inputs = inputs(), inputs()
+    want = step(*eager_inputs)
+    got = torch.compile(step, fullgraph=True)(*compiled_inputs)
+    assert torch.equal(want, got)
+    for index in (0, 2, 5):  # scores, momentum buffer, masked weights: updated in place in both
+        assert torch.equal(eager_inputs[index], compiled_inputs[index])
