@@ -108,7 +108,13 @@ def test_network_shapes():
     assert 108e6 < sum(paper.total(part) for part in bert.values()) < 111e6
     prunable, norms = paper.network_parts(bert)
     assert (len(prunable), len(norms)) == (73, 25)
-    assert len(paper.network_rows(prunable, norms)) == 8
+    rows = paper.network_rows(prunable, norms)
+    assert len(rows) == 9
+    deferred = next(row for row in rows if row.op.startswith("gemminer_step_from_masked_grads_"))
+    # the deferred backward drops the mask backward's pass: 13 bytes a score (grad, weight, flag; score gradient)
+    dropped = deferred.eager.bytes - deferred.fused.bytes
+    assert dropped == paper.gemminer_mask_bytes(prunable) == 13 * paper.total(prunable)
+    assert deferred.fused.launches == len(prunable)  # Triton: one launch per layer
 
 
 def test_vector_width():
