@@ -438,8 +438,9 @@ class GemMiner:
 
     def step(self) -> torch.Tensor:
         """Fused SGD step (momentum, L2 on the scores, clamp to [0, 1]) on every score; clears the
-        score gradient. The same pass writes the masked weights the next forward returns and, from
-        the second step on, forms the scores' gradient from the masked weights' (see ``gradient()``). Returns
+        score gradient. The same pass writes the masked weights the next forward returns and, with
+        ``defer_backward=True`` from the second step on, forms the scores' gradient from the masked
+        weights' (see ``gradient()``). Returns
         the number of weights in the mask (p > 0.5 and not frozen) as a 0-d int64 tensor on the
         scores' device: nothing waits for the GPU here; ``int()`` it when the number is needed
         (that waits)."""
@@ -505,14 +506,14 @@ class GemMiner:
         """The flat score gradient of this step, layer by layer; also ``gm.scores.grad`` from then
         until the step.
 
-        Once ``gm.step()`` has run, with the weights in one flat buffer (the usual case) in a single
-        process, a layer's backward only keeps its masked weight's gradient and the next
+        With ``defer_backward=True``, once ``gm.step()`` has run (weights in one flat buffer, no
+        process group), a layer's backward only keeps its masked weight's gradient and the next
         ``gm.step()`` forms the scores' gradient inside its own pass (one pass over the scores per
         step instead of two): ``gm.scores.grad`` is then None after ``loss.backward()``, and this
         computes it (``masked weight's gradient * weight * flag``, fp32; the step gets the same
-        numbers). Otherwise (before the first step, across ranks, a compiled forward, after
-        ``project_``) each layer's backward writes its slice of ``gm.scores.grad``, or its gradient
-        is copied in. A layer without a gradient counts as zero.
+        numbers). Otherwise (the default, before the first step, across ranks, a compiled forward)
+        each layer's backward writes its slice of ``gm.scores.grad``, or its gradient is copied in.
+        A layer without a gradient counts as zero.
         """
         self._check_views()
         missing = 0
