@@ -436,10 +436,12 @@ def test_falls_back_to_pytorch_lightning(monkeypatch):
     assert issubclass(module.SparseTicketCallback, pl.Callback)
 
 
-def test_the_core_package_does_not_import_lightning():
+def test_the_core_package_does_not_import_lightning(tmp_path):
     code = ("import sys, sparseticket, sparseticket.integrations; sparseticket.EarlyBird; sparseticket.GemMiner; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # from tmp_path: the installed package, as CI installs it (the source tree there has no built extension
+    # and would build one first)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 

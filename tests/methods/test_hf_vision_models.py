@@ -199,7 +199,9 @@ def test_channel_ticket_prunes_exactly(kind: str, method_name: str, generator: t
     pruned.eval()
     x, _ = batch(generator, 5)
     with torch.no_grad():
-        torch.testing.assert_close(logits(pruned, x), logits(zeroed, x), atol=1e-5, rtol=1e-5)
+        # float32 convolutions of the pruned and the zeroed model add in different orders (oneDNN picks its
+        # algorithm by shape and thread count): 2.2e-5 was seen at one logit of a mobilenet_v2 under CI load
+        torch.testing.assert_close(logits(pruned, x), logits(zeroed, x), atol=5e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("form", ["tensor", "tuple", "dict", "BatchFeature"])
