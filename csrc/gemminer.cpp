@@ -268,19 +268,17 @@ at::Tensor gemminer_step_from_masked_grads_(const at::Tensor& scores, at::Tensor
                    "momentum_buffer must be ", describe(scores), ", got ", describe(momentum_buffer));
   TORCH_CHECK_TYPE(flags.scalar_type() == at::kBool && flags.device() == cpu, "flags must be bool on cpu, got ",
                    describe(flags));
-  for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&scores, "scores"},
-                                     {&momentum_buffer, "momentum_buffer"}, {&flags, "flags"},
-                                     {&weights, "weights"}}) {
-    TORCH_CHECK_VALUE(tensor->dim() == 1 && tensor->is_contiguous() && tensor->numel() == scores.numel(), name,
-                      " must be 1-D and contiguous with the ", scores.numel(), " entries of scores, got shape ",
-                      shape_string(tensor->sizes()));
-  }
   if (masked_out.has_value()) {
     TORCH_CHECK_TYPE(masked_out->scalar_type() == weights.scalar_type() && masked_out->device() == cpu,
                      "masked_out must be ", describe(weights), ", got ", describe(*masked_out));
-    TORCH_CHECK_VALUE(masked_out->dim() == 1 && masked_out->is_contiguous() && masked_out->numel() == scores.numel(),
-                      "masked_out must be 1-D and contiguous with the ", scores.numel(), " entries of scores, got shape ",
-                      shape_string(masked_out->sizes()));
+  }
+  std::vector<std::pair<const at::Tensor*, const char*>> flat = {
+      {&scores, "scores"}, {&momentum_buffer, "momentum_buffer"}, {&flags, "flags"}, {&weights, "weights"}};
+  if (masked_out.has_value()) flat.emplace_back(&*masked_out, "masked_out");
+  for (const auto& [tensor, name] : flat) {
+    TORCH_CHECK_VALUE(tensor->dim() == 1 && tensor->is_contiguous() && tensor->numel() == scores.numel(), name,
+                      " must be 1-D and contiguous with the ", scores.numel(), " entries of scores, got shape ",
+                      shape_string(tensor->sizes()));
   }
   int64_t total = 0;
   for (size_t i = 0; i < masked_grads.size(); ++i) {

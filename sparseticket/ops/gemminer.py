@@ -216,8 +216,8 @@ class MaskedWeightSlots:
             self.held.set_()
 
     def claim_held(self) -> bool:
-        """Take ``held`` for this step's first deferred gradient: True only for the first claim since
-        ``claimed`` was zeroed (a later one adds to it)."""
+        """Take this step's first claim (``held`` for a deferred gradient; ``claim`` uses it for the
+        slot): True only for the first claim since ``claimed`` was zeroed (a later gradient adds)."""
         if self._claimed_flag[0]:
             return False
         self._claimed_flag[0] = 1
@@ -226,10 +226,7 @@ class MaskedWeightSlots:
     def claim(self, scores: torch.Tensor) -> bool:
         """Take the slot for this step's gradient of ``scores`` (checked to fit it): True only for
         the first claim since ``claimed`` was zeroed, and only when the dtypes agree."""
-        if self._claimed_flag[0] or self.grad_slot.dtype != scores.dtype:
-            return False
-        self._claimed_flag[0] = 1
-        return True
+        return self.grad_slot.dtype == scores.dtype and self.claim_held()
 
 
 class _MaskedWeight(torch.autograd.Function):
